@@ -1,0 +1,67 @@
+"""What every CTR model here shares: the split into a candidate-independent history encoding and a
+per-candidate score, so a server encodes each request's history once and scores many candidates."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from dien.data.batch import Batch
+
+
+@dataclass
+class HistoryEncoding:
+    """Per-request work that does not depend on the candidate.
+
+    behaviors: [R, T, E] embeddings; lengths: [R]; behavior_sum: [R, E] sum pooling;
+    states: [R, T, H] interest states (sequence models only).
+    """
+
+    behaviors: Tensor
+    lengths: Tensor
+    behavior_sum: Tensor
+    states: Tensor | None = None
+
+    def select(self, index: Tensor) -> "HistoryEncoding":
+        """Rows ``index`` [C] (e.g. each candidate's request) of every tensor."""
+        return HistoryEncoding(
+            **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).index_select(0, index)
+               for f in fields(self)}
+        )
+
+
+@dataclass
+class ModelOutput:
+    """logits: [B] click logits; aux_loss: scalar auxiliary loss (DIEN only, else None)."""
+
+    logits: Tensor
+    aux_loss: Tensor | None = None
+
+
+class CTRModel(nn.Module):
+    """Base class: subclasses define :meth:`encode_history` and :meth:`score`."""
+
+    uses_negatives = False
+
+    def encode_history(self, hist_item: Tensor, hist_cat: Tensor, lengths: Tensor) -> HistoryEncoding:
+        raise NotImplementedError
+
+    def score(self, history: HistoryEncoding, target_item: Tensor, target_cat: Tensor) -> Tensor:
+        """Logits [B] for targets [B] against the histories [B] they are paired with."""
+        raise NotImplementedError
+
+    def auxiliary_loss(self, history: HistoryEncoding, batch: Batch) -> Tensor | None:
+        return None
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        history = self.encode_history(batch.hist_item, batch.hist_cat, batch.lengths)
+        logits = self.score(history, batch.target_item, batch.target_cat)
+        aux = self.auxiliary_loss(history, batch) if self.training else None
+        return ModelOutput(logits=logits, aux_loss=aux)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Tensor:
+        """Click probabilities [B]."""
+        return torch.sigmoid(self.score(self.encode_history(batch.hist_item, batch.hist_cat, batch.lengths),
+                                        batch.target_item, batch.target_cat))

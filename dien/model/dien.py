@@ -1,0 +1,43 @@
+"""DIEN (Zhou et al., AAAI 2019) and its ablations GRU+AIGRU/AGRU/AUGRU and two-layer GRU + attention."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dien.data.batch import Batch
+from dien.model.base import CTRModel, HistoryEncoding
+from dien.model.config import ModelConfig
+from dien.model.interest import InterestEvolution, InterestExtractor
+from dien.model.layers import MLP, BehaviorEmbedding
+from dien.model.pooling import embed_history
+
+
+class DIEN(CTRModel):
+    """Embedding -> interest extractor (GRU, auxiliary loss) -> interest evolution -> MLP on
+    [target, sum, target * sum, final interest], as the official code's feature set."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embedding = BehaviorEmbedding(config.n_items, config.n_cats, config.item_dim, config.cat_dim)
+        dim = self.embedding.dim
+        self.extractor = InterestExtractor(dim, config.hidden, config.aux_dims if config.use_aux else None)
+        self.evolution = InterestEvolution(config.evolution, config.hidden, dim, config.hidden, config.attention)
+        self.mlp = MLP(3 * dim + self.evolution.out_dim, config.mlp_dims, config.activation)
+        self.uses_negatives = config.use_aux
+
+    def encode_history(self, hist_item: Tensor, hist_cat: Tensor, lengths: Tensor) -> HistoryEncoding:
+        history = embed_history(self.embedding, hist_item, hist_cat, lengths)
+        history.states = self.extractor(history.behaviors, lengths)
+        return history
+
+    def score(self, history: HistoryEncoding, target_item: Tensor, target_cat: Tensor) -> Tensor:
+        target = self.embedding(target_item, target_cat)
+        interest = self.evolution(history.states, target, history.lengths)
+        pooled = history.behavior_sum
+        return self.mlp(torch.cat([target, pooled, target * pooled, interest], dim=-1))
+
+    def auxiliary_loss(self, history: HistoryEncoding, batch: Batch) -> Tensor | None:
+        if not self.uses_negatives:
+            return None
+        negatives = self.embedding(batch.neg_hist_item, batch.neg_hist_cat)
+        return self.extractor.auxiliary_loss(history.states, history.behaviors, negatives, history.lengths)

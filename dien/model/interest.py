@@ -1,0 +1,91 @@
+"""DIEN's two interest layers: the extractor (GRU + auxiliary loss) and the evolution (attention + GRU variant)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dien import kernels
+from dien.kernels import reference
+from dien.model.attention import build_attention
+from dien.model.layers import MLP, valid_mask
+
+
+def gru_weights(gru: nn.GRU) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The single-layer ``nn.GRU``'s parameters in the order the kernels take them."""
+    return gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0
+
+
+class InterestExtractor(nn.Module):
+    """Interest extractor layer: a GRU over behavior embeddings (paper Eq. 2-5).
+
+    The ``nn.GRU`` only holds the parameters (its layout and initialization); the recurrence runs in
+    ``dien.kernels`` so that padded steps are exact and the fast backends apply.
+    """
+
+    def __init__(self, input_dim: int, hidden: int, aux_dims: tuple[int, ...] | None = (100, 50)) -> None:
+        """``aux_dims=None`` builds no auxiliary network (models trained without the auxiliary loss)."""
+        super().__init__()
+        self.gru = nn.GRU(input_dim, hidden, batch_first=True)
+        self.aux_net = None if aux_dims is None else MLP(hidden + input_dim, aux_dims, act="sigmoid")
+
+    def forward(self, behaviors: Tensor, lengths: Tensor) -> Tensor:
+        """behaviors: [B, T, E], lengths: [B] -> interest states [B, T, H] (zero at padded steps)."""
+        states, _ = kernels.gru(behaviors, lengths, *gru_weights(self.gru))
+        return states
+
+    def auxiliary_loss(self, states: Tensor, behaviors: Tensor, negatives: Tensor, lengths: Tensor) -> Tensor:
+        """Paper Eq. 6-7: h_t must tell the next clicked behavior e[t+1] from a sampled negative.
+
+        Mean over valid pairs (t, t+1), t + 1 < length; padding contributes to neither sum nor count.
+        states: [B, T, H], behaviors and negatives: [B, T, E], lengths: [B] -> scalar.
+        """
+        if self.aux_net is None:
+            raise RuntimeError("this interest extractor was built without an auxiliary network (aux_dims=None)")
+        pairs = valid_mask((lengths - 1).clamp(min=0), states.shape[1] - 1)
+        h = states[:, :-1][pairs]
+        positive = self.aux_net(torch.cat([h, behaviors[:, 1:][pairs]], dim=-1))
+        negative = self.aux_net(torch.cat([h, negatives[:, 1:][pairs]], dim=-1))
+        # -log sigmoid(p) - log(1 - sigmoid(n)), written with softplus for stability.
+        per_pair = F.softplus(-positive) + F.softplus(negative)
+        return per_pair.sum() / pairs.sum().clamp(min=1)
+
+
+EVOLUTION_KINDS = ("augru", "agru", "aigru", "augru_official", "gru_attention")
+
+
+class InterestEvolution(nn.Module):
+    """Interest evolving layer: target attention over the interest states, then a GRU variant.
+
+    kind:
+        augru: paper Eq. 11-12 (DIEN). agru: Eq. 10. aigru: Eq. 9 (GRU over a_t * h_t).
+        augru_official: the official TF code's cell (keep gate scaled by 1 - a), for reproduction only.
+        gru_attention: the "two-layer GRU + attention" baseline, a second GRU whose outputs are attention-pooled.
+    """
+
+    def __init__(self, kind: str, state_dim: int, query_dim: int, hidden: int, attention: str) -> None:
+        super().__init__()
+        if kind not in EVOLUTION_KINDS:
+            raise ValueError(f"unknown interest evolution {kind!r}; choose one of {', '.join(EVOLUTION_KINDS)}")
+        self.kind = kind
+        self.gru = nn.GRU(state_dim, hidden, batch_first=True)
+        attention_dim = hidden if kind == "gru_attention" else state_dim
+        self.attention = build_attention(attention, attention_dim, query_dim)
+        self.out_dim = hidden
+
+    def forward(self, states: Tensor, query: Tensor, lengths: Tensor) -> Tensor:
+        """states: [B, T, H], query (target embedding): [B, D], lengths: [B] -> final interest [B, H']."""
+        weights = gru_weights(self.gru)
+        if self.kind == "gru_attention":
+            outputs, _ = kernels.gru(states, lengths, *weights)
+            att = self.attention(query, outputs, lengths)
+            return torch.bmm(att.unsqueeze(1), outputs).squeeze(1)
+        att = self.attention(query, states, lengths)
+        if self.kind == "augru":
+            _, final = kernels.augru(states, att, lengths, *weights)
+        elif self.kind == "aigru":
+            _, final = kernels.gru(states * att.unsqueeze(2), lengths, *weights)
+        else:
+            update = reference.agru_update if self.kind == "agru" else reference.augru_official_update
+            _, final = reference.recurrence(states, att, lengths, *weights, update=update)
+        return final

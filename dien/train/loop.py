@@ -1,0 +1,146 @@
+"""The training step and evaluation every trainer shares (single process here, Ray Train workers later)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from dien.data.batch import Batch, collate
+from dien.model.base import CTRModel
+from dien.train.metrics import ranking_metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 2
+    """Passes over the training samples."""
+    batch_size: int = 128
+    """Samples per optimizer step (per worker when distributed)."""
+    lr: float = 1e-3
+    """Adam learning rate of the first epoch."""
+    lr_decay: float = 0.5
+    """Multiplier applied to the learning rate after every epoch (the paper halves it)."""
+    aux_weight: float = 1.0
+    """alpha of L = L_target + alpha * L_aux; only models with an auxiliary loss use it."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value; None disables clipping."""
+    eval_batch_size: int = 1024
+    """Samples per forward pass during evaluation."""
+    seed: int = 0
+    """Seed of the model initialization and the shuffling."""
+
+
+@dataclass
+class StepResult:
+    loss: float
+    """Total loss of the step."""
+    target_loss: float
+    """Click cross-entropy."""
+    aux_loss: float | None
+    """Auxiliary loss (unweighted), None for models without one."""
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam and the per-epoch decay schedule (step the scheduler once per epoch)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+
+
+def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig) -> StepResult:
+    """One optimizer step on ``batch``: L = BCE(logits, label) + aux_weight * L_aux.
+
+    ``model`` may be a DDP wrapper around a :class:`CTRModel`.
+    """
+    model.train()
+    output = model(batch)
+    target_loss = F.binary_cross_entropy_with_logits(output.logits, batch.label)
+    loss = target_loss if output.aux_loss is None else target_loss + config.aux_weight * output.aux_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return StepResult(
+        loss=loss.item(),
+        target_loss=target_loss.item(),
+        aux_loss=None if output.aux_loss is None else output.aux_loss.item(),
+    )
+
+
+@dataclass
+class Predictions:
+    """Click probabilities with the users and labels they belong to, all [N]."""
+
+    users: np.ndarray
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: Iterable["Predictions"]) -> "Predictions":
+        parts = list(parts)
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) if parts else np.zeros(0)
+                     for k in ("users", "labels", "probabilities")))
+
+    def metrics(self) -> dict[str, float]:
+        return ranking_metrics(self.users, self.labels, self.probabilities)
+
+
+@torch.no_grad()
+def predict(model: CTRModel, batches: Iterable[Batch], device: torch.device | str = "cpu") -> Predictions:
+    """Scores every batch in eval mode."""
+    model.eval()
+    parts = []
+    for batch in batches:
+        probabilities = model.predict(batch.to(device))
+        parts.append(Predictions(batch.user.numpy(), batch.label.numpy(), probabilities.float().cpu().numpy()))
+    return Predictions.concat(parts)
+
+
+def iterate_batches(table: pa.Table, batch_size: int, shuffle_seed: int | None = None) -> Iterator[Batch]:
+    """Collated batches of an in-memory sample table, in a seeded random order when ``shuffle_seed`` is set."""
+    if shuffle_seed is not None:
+        table = table.take(np.random.default_rng(shuffle_seed).permutation(table.num_rows))
+    for start in range(0, table.num_rows, batch_size):
+        yield collate(table.slice(start, batch_size))
+
+
+@dataclass
+class FitResult:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    """Per epoch: mean train loss, validation metrics, train samples/s."""
+    train_seconds: float = 0.0
+    """Time spent in training steps (batching included, evaluation excluded)."""
+    train_samples: int = 0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.train_samples / self.train_seconds if self.train_seconds else 0.0
+
+
+def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainConfig) -> FitResult:
+    """Single-process training on in-memory sample tables, evaluating on ``valid`` after every epoch."""
+    optimizer, scheduler = make_optimizer(model, config)
+    result = FitResult()
+    for epoch in range(config.epochs):
+        started = time.perf_counter()
+        losses = [train_step(model, batch, optimizer, config).loss
+                  for batch in iterate_batches(train, config.batch_size, shuffle_seed=config.seed * 1000 + epoch)]
+        elapsed = time.perf_counter() - started
+        scheduler.step()
+        result.train_seconds += elapsed
+        result.train_samples += train.num_rows
+        summary = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "samples_per_second": train.num_rows / elapsed}
+        if valid is not None:
+            metrics = predict(model, iterate_batches(valid, config.eval_batch_size)).metrics()
+            summary.update({f"valid_{k}": v for k, v in metrics.items()})
+        logger.info("epoch %(epoch)d: %(summary)s", {"epoch": epoch + 1, "summary": summary})
+        result.epochs.append(summary)
+    return result

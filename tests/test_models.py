@@ -1,0 +1,115 @@
+"""The model family: auxiliary loss, attention masking, the AUGRU wiring, every model learns."""
+import pytest
+import torch
+
+from dien.data.batch import Batch
+from dien.model import MODELS, ModelConfig, build_model
+from dien.model.attention import BilinearAttention, MLPAttention
+from dien.model.interest import InterestExtractor
+from dien.train.loop import TrainConfig, iterate_batches, make_optimizer, train_step
+
+
+def random_batch(batch=6, steps=8, n_items=50, n_cats=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([0, 1, steps, 3, steps - 1, 5][:batch])
+    valid = torch.arange(steps).unsqueeze(0) < lengths.unsqueeze(1)
+
+    def ids(high):
+        return torch.randint(2, high, (batch, steps), generator=g) * valid
+
+    return Batch(
+        user=torch.arange(batch), hist_item=ids(n_items), hist_cat=ids(n_cats), neg_hist_item=ids(n_items),
+        neg_hist_cat=ids(n_cats), lengths=lengths, target_item=torch.randint(2, n_items, (batch,), generator=g),
+        target_cat=torch.randint(2, n_cats, (batch,), generator=g), label=torch.randint(0, 2, (batch,), generator=g).float(),
+    )
+
+
+def test_auxiliary_loss_ignores_padding_and_is_positive():
+    torch.manual_seed(0)
+    extractor = InterestExtractor(input_dim=4, hidden=5)
+    lengths = torch.tensor([4, 2, 0, 1])
+    behaviors, negatives = torch.randn(4, 6, 4), torch.randn(4, 6, 4)
+    states = extractor(behaviors, lengths)
+    loss = extractor.auxiliary_loss(states, behaviors, negatives, lengths)
+    assert loss.item() > 0
+
+    padded = torch.arange(6).unsqueeze(0) >= lengths.unsqueeze(1)
+    noisy_b = behaviors.masked_fill(padded.unsqueeze(2), 50.0)
+    noisy_n = negatives.masked_fill(padded.unsqueeze(2), -50.0)
+    states2 = extractor(noisy_b, lengths)
+    torch.testing.assert_close(extractor.auxiliary_loss(states2, noisy_b, noisy_n, lengths), loss)
+
+
+def test_auxiliary_loss_is_a_mean_over_valid_pairs_only():
+    torch.manual_seed(0)
+    extractor = InterestExtractor(input_dim=4, hidden=5)
+    behaviors, negatives = torch.randn(2, 6, 4), torch.randn(2, 6, 4)
+    lengths = torch.tensor([4, 2])
+    states = extractor(behaviors, lengths)
+    together = extractor.auxiliary_loss(states, behaviors, negatives, lengths)
+    # Row 0 has 3 valid pairs, row 1 one: the mean weights pairs, not rows.
+    row0 = extractor.auxiliary_loss(states[:1], behaviors[:1], negatives[:1], lengths[:1])
+    row1 = extractor.auxiliary_loss(states[1:], behaviors[1:], negatives[1:], lengths[1:])
+    torch.testing.assert_close(together, (3 * row0 + row1) / 4)
+    empty = extractor.auxiliary_loss(states, behaviors, negatives, torch.tensor([1, 0]))
+    assert empty.item() == 0.0
+
+
+def test_changing_a_negative_changes_the_auxiliary_loss():
+    torch.manual_seed(0)
+    model = build_model("dien", ModelConfig(n_items=50, n_cats=10)).train()
+    batch = random_batch()
+    loss = model(batch).aux_loss
+    batch.neg_hist_item[2, 3] = 2 if batch.neg_hist_item[2, 3] != 2 else 3
+    assert model(batch).aux_loss.item() != pytest.approx(loss.item())
+
+
+@pytest.mark.parametrize("attention", [BilinearAttention(5, 4), MLPAttention(5, 4)])
+def test_attention_is_a_softmax_over_valid_steps(attention):
+    states, query = torch.randn(3, 6, 5), torch.randn(3, 4)
+    lengths = torch.tensor([6, 2, 0])
+    weights = attention(query, states, lengths)
+    torch.testing.assert_close(weights.sum(1), torch.tensor([1.0, 1.0, 0.0]))
+    assert torch.all(weights[1, 2:] == 0) and torch.all(weights[2] == 0)
+
+
+def test_dien_history_encoding_is_candidate_independent():
+    torch.manual_seed(0)
+    model = build_model("dien", ModelConfig(n_items=50, n_cats=10)).eval()
+    batch = random_batch()
+    history = model.encode_history(batch.hist_item, batch.hist_cat, batch.lengths)
+    # Score 3 candidates for request 2 by selecting its encoding: same as three full forward passes.
+    index = torch.tensor([2, 2, 2])
+    targets = torch.tensor([5, 6, 7])
+    cats = torch.tensor([2, 3, 4])
+    scores = model.score(history.select(index), targets, cats)
+    for k in range(3):
+        single = model.score(model.encode_history(batch.hist_item[2:3], batch.hist_cat[2:3], batch.lengths[2:3]),
+                             targets[k : k + 1], cats[k : k + 1])
+        torch.testing.assert_close(scores[k : k + 1], single)
+
+
+def test_only_dien_returns_an_auxiliary_loss():
+    batch = random_batch()
+    for name in MODELS:
+        output = build_model(name, ModelConfig(n_items=50, n_cats=10)).train()(batch)
+        assert (output.aux_loss is not None) == (name == "dien"), name
+        assert output.logits.shape == (6,) and torch.isfinite(output.logits).all()
+
+
+def test_unknown_model_is_named():
+    with pytest.raises(ValueError, match="unknown model 'dein'"):
+        build_model("dein", ModelConfig(n_items=5, n_cats=5))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_loss_falls(name, small_dataset):
+    torch.manual_seed(0)
+    model = build_model(name, ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=16))
+    config = TrainConfig(batch_size=64, lr=3e-3)
+    optimizer, _ = make_optimizer(model, config)
+    batches = list(iterate_batches(small_dataset.splits["train"].slice(0, 256), 64))
+    first = sum(train_step(model, b, optimizer, config).loss for b in batches)
+    for _ in range(6):
+        last = sum(train_step(model, b, optimizer, config).loss for b in batches)
+    assert last < 0.9 * first, (first, last)
