@@ -1,0 +1,291 @@
+"""Input files: finding them, telling their format, and parsing them as streams of raw event tables.
+
+Pure Arrow and Python (no Ray): ``dien.data.readers`` runs these inside Ray Data read tasks, and the
+driver uses :func:`expand_inputs` and :func:`check_input_columns` to fail early, naming the file or
+column, before any task starts.
+
+A raw table has the normalized field names of :class:`~dien.data.events.ColumnMapping` and the input's
+types; a row the parser could not read at all carries a ``reject_reason`` and its text as ``record``.
+"""
+from __future__ import annotations
+
+import ast
+import glob
+import gzip
+import io
+import json
+import os
+from typing import Any, BinaryIO, Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from dien.data.events import MAX_RECORD_CHARS, ColumnMapping, InputError
+
+FORMATS = ("csv", "tsv", "parquet", "jsonl")
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
+               ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+ROWS_PER_BLOCK = 100_000
+"""Rows per parsed table: a file is parsed as a stream of tables this size, never whole."""
+
+
+def is_gzip(path: str) -> bool:
+    return path.endswith(".gz")
+
+
+def infer_format(path: str) -> str:
+    """The format named by a file's extension (``.gz`` ignored)."""
+    stem = path[:-3] if is_gzip(path) else path
+    extension = os.path.splitext(stem)[1].lower()
+    if extension not in _EXTENSIONS:
+        raise InputError(f"cannot tell the format of {path} from its extension; pass --format "
+                         f"({', '.join(FORMATS)})")
+    return _EXTENSIONS[extension]
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """Files named by ``paths`` (files, directories searched recursively, glob patterns), sorted.
+
+    Names starting with ``.`` or ``_`` inside directories are skipped (markers such as ``_SUCCESS``).
+    """
+    if not paths:
+        raise InputError("no input given")
+    files: list[str] = []
+    for path in paths:
+        matches = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+        if not matches:
+            raise InputError(f"no file matches {path}")
+        for match in matches:
+            if os.path.isdir(match):
+                found = sorted(
+                    os.path.join(root, name)
+                    for root, dirs, names in os.walk(match)
+                    if not any(part.startswith((".", "_")) for part in os.path.relpath(root, match).split(os.sep)
+                               if part != ".")
+                    for name in names
+                    if not name.startswith((".", "_"))
+                )
+                if not found:
+                    raise InputError(f"input directory {match} holds no files")
+                files.extend(found)
+            elif os.path.isfile(match):
+                files.append(match)
+            else:
+                raise InputError(f"input file {match} does not exist")
+    for path in files:
+        if not os.access(path, os.R_OK):
+            raise InputError(f"input file {path} is not readable")
+    return [os.path.abspath(p) for p in files]
+
+
+def resolve_format(files: list[str], format: str | None) -> str:
+    """The one format of all ``files``: ``format`` if given, else their common extension."""
+    if format is not None:
+        if format not in FORMATS:
+            raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        return format
+    formats = {path: infer_format(path) for path in files}
+    if len(set(formats.values())) > 1:
+        raise InputError(f"inputs mix formats ({', '.join(sorted(set(formats.values())))}); pass one --format "
+                         "and inputs of that format")
+    return next(iter(formats.values()))
+
+
+def open_text(path: str) -> BinaryIO:
+    """A file opened for reading, gunzipped when it ends in ``.gz``."""
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+
+
+def parse_record(line: str) -> Any:
+    """A JSON value, or a Python literal (old Amazon metadata dumps are written with ``repr``)."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return ast.literal_eval(line)
+
+
+def _first_record_keys(path: str) -> set[str]:
+    with open_text(path) as f:
+        for raw_line in f:
+            line = raw_line.decode("utf-8", errors="replace").strip()
+            if line:
+                try:
+                    record = parse_record(line)
+                except (ValueError, SyntaxError) as error:
+                    raise InputError(f"cannot parse the first record of {path}: {error}") from None
+                if not isinstance(record, dict):
+                    raise InputError(f"the first record of {path} is not an object")
+                return set(record)
+    return set()
+
+
+def input_columns(path: str, format: str) -> set[str] | None:
+    """Column names of a file (a JSON lines file: its first record's keys); None if it holds no rows."""
+    try:
+        if format == "parquet":
+            return set(pq.read_schema(path).names)
+        if format == "jsonl":
+            return _first_record_keys(path) or None
+        with open_text(path) as f:
+            header = f.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+        if not header:
+            return None
+        delimiter = "\t" if format == "tsv" else ","
+        return {name.strip().strip('"') for name in header.split(delimiter)}
+    except InputError:
+        raise
+    except (OSError, EOFError, pa.ArrowException) as error:
+        raise InputError(f"cannot read {path} as {format}: {error}") from None
+
+
+def check_input_columns(files: list[str], format: str, columns: dict[str, str]) -> None:
+    """Fail, naming the column and file, when one of ``columns`` (field -> input column) is absent."""
+    for path in files:
+        present = input_columns(path, format)
+        if present is None:
+            continue
+        for field, column in columns.items():
+            if column not in present:
+                raise InputError(f"column {column!r} (for {field}) is missing in {path}; "
+                                 f"it has {', '.join(sorted(present))}")
+
+
+def _csv_tables(f: BinaryIO, format: str, mapping: ColumnMapping) -> Iterator[pa.Table]:
+    columns = mapping.fields()
+    malformed: list[str] = []
+
+    def skip_malformed(row: Any) -> str:
+        malformed.append(row.text)
+        return "skip"
+
+    reader = pa_csv.open_csv(
+        f,
+        read_options=pa_csv.ReadOptions(block_size=8 << 20),
+        parse_options=pa_csv.ParseOptions(delimiter="\t" if format == "tsv" else ",",
+                                          invalid_row_handler=skip_malformed),
+        convert_options=pa_csv.ConvertOptions(include_columns=list(columns.values()),
+                                              column_types={c: pa.string() for c in columns.values()}),
+    )
+    for batch in reader:
+        table = pa.Table.from_batches([batch]).rename_columns(list(columns))
+        if malformed:
+            table = pa.concat_tables([table, _unreadable_rows(malformed, "malformed row", table.schema)],
+                                     promote_options="default")
+            malformed.clear()
+        yield table
+    if malformed:
+        yield _unreadable_rows(malformed, "malformed row", pa.schema([(c, pa.string()) for c in columns]))
+
+
+def _unreadable_rows(texts: list[str], reason: str, schema: pa.Schema) -> pa.Table:
+    n = len(texts)
+    columns = {field.name: pa.nulls(n, field.type) for field in schema if field.name not in ("reject_reason", "record")}
+    return pa.table({**columns, "reject_reason": pa.array([reason] * n, pa.string()),
+                     "record": pa.array([t[:MAX_RECORD_CHARS] for t in texts], pa.string())})
+
+
+def _parquet_tables(f: BinaryIO, mapping: ColumnMapping) -> Iterator[pa.Table]:
+    columns = mapping.fields()
+    for batch in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BLOCK, columns=list(columns.values())):
+        yield pa.Table.from_batches([batch]).rename_columns(list(columns))
+
+
+def _json_value(value: Any, field: str) -> tuple[str | None, str | None]:
+    """(the value as text, or None if absent; the reason it is unusable, or None)."""
+    if value is None:
+        return None, None
+    if isinstance(value, bool):
+        return None, f"wrong type {field}"
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, int):
+        return str(value), None
+    if field == "timestamp" and isinstance(value, float) and value.is_integer():
+        return str(int(value)), None
+    return None, f"wrong type {field}"
+
+
+def parse_json_records(lines: list[str], mapping: ColumnMapping) -> pa.Table:
+    """A raw table (string columns) from JSON (or Python-literal) object lines."""
+    columns = mapping.fields()
+    values: dict[str, list] = {field: [] for field in columns}
+    reasons: list[str | None] = []
+    records: list[str | None] = []
+    for line in lines:
+        try:
+            record = parse_record(line)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            record = None
+        reason = None if isinstance(record, dict) else "malformed record"
+        for field, column in columns.items():
+            text, problem = _json_value(record.get(column), field) if reason is None else (None, None)
+            values[field].append(text)
+            reason = reason or problem
+        reasons.append(reason)
+        records.append(line[:MAX_RECORD_CHARS] if reason else None)
+    return pa.table({**{f: pa.array(v, pa.string()) for f, v in values.items()},
+                     "reject_reason": pa.array(reasons, pa.string()), "record": pa.array(records, pa.string())})
+
+
+def _lines(f: BinaryIO, size: int = ROWS_PER_BLOCK) -> Iterator[list[str]]:
+    """Non-blank lines of a byte stream, in lists of ``size``."""
+    chunk: list[str] = []
+    for raw_line in io.TextIOWrapper(f, encoding="utf-8", errors="replace"):
+        line = raw_line.strip()
+        if line:
+            chunk.append(line)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def read_raw_tables(f: BinaryIO, format: str, mapping: ColumnMapping) -> Iterator[pa.Table]:
+    """Raw event tables of one (already decompressed) file, a block at a time."""
+    if format in ("csv", "tsv"):
+        yield from _csv_tables(f, format, mapping)
+    elif format == "parquet":
+        yield from _parquet_tables(f, mapping)
+    elif format == "jsonl":
+        for lines in _lines(f):
+            yield parse_json_records(lines, mapping)
+    else:
+        raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+
+
+AMAZON_REVIEW_COLUMNS = ColumnMapping(user_id="reviewerID", item_id="asin", category="category",
+                                      timestamp="unixReviewTime")
+"""Amazon reviews (McAuley et al.): the category is not in the review but joined from the metadata."""
+AMAZON_META_SCHEMA = pa.schema([("asin", pa.string()), ("category", pa.string())])
+
+
+def amazon_category(record: dict) -> str | None:
+    """The last level of the item's first category path (2014 dumps: ``categories``, a list of paths;
+    2018 dumps: ``category``, one path)."""
+    paths = record.get("categories")
+    path = paths[0] if isinstance(paths, list) and paths and isinstance(paths[0], list) else record.get("category")
+    if isinstance(path, list) and path and isinstance(path[-1], str) and path[-1].strip():
+        return path[-1]
+    return None
+
+
+def parse_amazon_meta(lines: list[str]) -> pa.Table:
+    """(asin, category) of metadata lines; a line without either gets nulls."""
+    asins, categories = [], []
+    for line in lines:
+        try:
+            record = parse_record(line)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            record = None
+        ok = isinstance(record, dict) and isinstance(record.get("asin"), str)
+        asins.append(record["asin"] if ok else None)
+        categories.append(amazon_category(record) if ok else None)
+    return pa.table({"asin": pa.array(asins, pa.string()), "category": pa.array(categories, pa.string())},
+                    schema=AMAZON_META_SCHEMA)
+
+
+def read_amazon_meta_tables(f: BinaryIO) -> Iterator[pa.Table]:
+    for lines in _lines(f):
+        yield parse_amazon_meta(lines)

@@ -1,0 +1,128 @@
+r"""Raw behavior logs -> a DIEN dataset directory (train/valid/test samples, vocabularies, user histories).
+
+    python jobs/prepare_data.py --source synthetic --events 1000000 --out data/synthetic
+    python jobs/prepare_data.py --source events --input logs/ --format csv \
+        --columns user=uid,item=sku,category=cat,timestamp=ts,event_type=kind --keep-events click,buy --out data/logs
+    python jobs/prepare_data.py --source amazon --input reviews_Books_5.json.gz --meta meta_Books.json.gz \
+        --out data/books
+    ray job submit -- $PWD/.venv/bin/python $PWD/jobs/prepare_data.py … --out $PWD/data/x   (joins via RAY_ADDRESS)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import ray
+
+from dien.cluster import connect
+from dien.data.events import ColumnMapping, InputError
+from dien.data.formats import FORMATS
+from dien.data.pipeline import PrepareConfig, PrepareSummary, prepare
+from dien.data.readers import SOURCES, SourceConfig
+from dien.data.samples import PROTOCOLS, SampleConfig
+from dien.data.synthetic import SyntheticConfig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults, synthetic = SampleConfig(), SyntheticConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", choices=SOURCES, default="synthetic")
+    parser.add_argument("--input", nargs="+", action="extend", default=[], metavar="PATH",
+                        help="input files, directories or globs (events; amazon: the reviews)")
+    parser.add_argument("--format", choices=FORMATS, help="input format (default: from the file extension)")
+    parser.add_argument("--columns", help="column mapping user=…,item=…,category=…,timestamp=…[,event_type=…]")
+    parser.add_argument("--keep-events", help="comma-separated event types to keep, e.g. click,buy")
+    parser.add_argument("--meta", nargs="+", action="extend", default=[], metavar="PATH",
+                        help="amazon: metadata files (asin, categories)")
+    parser.add_argument("--out", required=True, help="dataset directory to write")
+
+    samples = parser.add_argument_group("samples")
+    samples.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol)
+    samples.add_argument("--max-len", type=int, default=defaults.max_len, help="behaviors kept per history")
+    samples.add_argument("--min-history", type=int, default=defaults.min_history,
+                         help="behaviors a target needs before it (sliding: the first k)")
+    samples.add_argument("--test-fraction", type=float, default=defaults.test_fraction, help="paper: test users")
+    samples.add_argument("--valid-fraction", type=float, default=defaults.valid_fraction,
+                         help="paper: share of the train users carved out as valid")
+    samples.add_argument("--min-count", type=int, default=1, help="rarer items/categories map to OOV")
+    samples.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (and synthetic data seed)")
+
+    parallel = parser.add_argument_group("parallelism")
+    parallel.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+    parallel.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: max(4, 2×cores))")
+    parallel.add_argument("--partitions", type=int, help="shuffle partitions (default: one per 1M events, ≥ CPUs)")
+    parallel.add_argument("--events-per-group", type=int, default=PrepareConfig.events_per_group,
+                          help="events per sample-building call")
+    parallel.add_argument("--keep-staging", action="store_true", help="keep <out>/staging (checked events)")
+    parallel.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                          help="Ray Data progress bars")
+
+    generator = parser.add_argument_group("synthetic source")
+    size = generator.add_mutually_exclusive_group()
+    size.add_argument("--users", type=int, help=f"users (default {synthetic.n_users})")
+    size.add_argument("--events", type=int, help="about this many events (sets --users from the events per user)")
+    generator.add_argument("--items", type=int, default=synthetic.n_items)
+    generator.add_argument("--categories", type=int, default=synthetic.n_categories)
+    generator.add_argument("--min-events", type=int, default=synthetic.min_events, help="fewest events per user")
+    generator.add_argument("--max-events", type=int, default=synthetic.max_events, help="most events per user")
+    generator.add_argument("--drift", type=float, default=synthetic.drift, help="interest drift probability")
+    generator.add_argument("--successors", type=int, default=synthetic.successors)
+    generator.add_argument("--noise", type=float, default=synthetic.noise, help="off-interest event probability")
+    generator.add_argument("--zipf", type=float, default=synthetic.zipf)
+    generator.add_argument("--block-size", type=int, default=synthetic.block_size, help="users per generation task")
+    generator.add_argument("--data-seed", type=int, help="generator seed (default: --seed)")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> PrepareConfig:
+    users = args.users
+    if args.events is not None:
+        users = max(1, round(args.events / ((args.min_events + args.max_events) / 2)))
+    synthetic = SyntheticConfig(
+        n_users=users or SyntheticConfig.n_users, n_items=args.items, n_categories=args.categories,
+        min_events=args.min_events, max_events=args.max_events, drift=args.drift, successors=args.successors,
+        noise=args.noise, zipf=args.zipf, block_size=args.block_size,
+        seed=args.seed if args.data_seed is None else args.data_seed,
+    )
+    source = SourceConfig(
+        kind=args.source, inputs=tuple(args.input), format=args.format, columns=ColumnMapping.parse(args.columns),
+        keep_events=tuple(e.strip() for e in args.keep_events.split(",")) if args.keep_events else None,
+        meta=tuple(args.meta), synthetic=synthetic,
+    )
+    samples = SampleConfig(protocol=args.protocol, max_len=args.max_len, min_history=args.min_history,
+                           test_fraction=args.test_fraction, valid_fraction=args.valid_fraction, seed=args.seed)
+    return PrepareConfig(out=args.out, source=source, samples=samples, min_count=args.min_count,
+                         partitions=args.partitions, events_per_group=args.events_per_group,
+                         keep_staging=args.keep_staging)
+
+
+def print_summary(summary: PrepareSummary) -> None:
+    rejected = ", ".join(f"{reason}: {n:,}" for reason, n in summary.rejected.items()) or "none"
+    print(f"prepared {summary.out} in {summary.seconds:.1f}s")
+    print(f"  events read   {summary.events_read:,} (kept {summary.events_kept:,}, "
+          f"filtered {summary.events_filtered:,}, rejected {summary.events_rejected:,})")
+    print(f"  rejected      {rejected}")
+    print(f"  users         {summary.users:,}")
+    print(f"  items         {summary.items:,} in {summary.categories:,} categories")
+    print("  samples       " + " | ".join(f"{split} {n:,}" for split, n in summary.samples.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = build_config(args)
+        connect(args.address, args.num_cpus)
+        ray.data.DataContext.get_current().enable_progress_bars = args.progress
+        summary = prepare(config)
+    except (InputError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
