@@ -1,30 +1,62 @@
 """Backend selection for :func:`gru` and :func:`augru`.
 
-``backend=None`` picks the fastest backend available for the tensors' device; the ``DIEN_KERNEL``
-environment variable overrides that choice for every call.
+``backend=None`` picks the fastest backend for the tensors' device: ``triton`` for CUDA tensors when Triton
+imports, else ``cpu`` (plain PyTorch with a hand-written backward, which also runs on CUDA tensors). The
+``DIEN_KERNEL`` environment variable overrides the choice for every call. Triton is imported on first use only:
+it is optional, slow to import, and ``TRITON_INTERPRET`` must be set before its kernels are defined.
 """
 from __future__ import annotations
 
+import functools
 import os
+from types import ModuleType
 
+import torch
 from torch import Tensor
 
-from dien.kernels import reference
+from dien.kernels import cpu, reference
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "cpu", "triton")
+
+
+@functools.cache
+def _triton_backend() -> ModuleType | None:
+    """The Triton backend module, or None where Triton does not import."""
+    try:
+        from dien.kernels import triton_recurrence
+    except ImportError:
+        return None
+    return triton_recurrence
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def available_backends() -> tuple[str, ...]:
-    """Backends this installation can run."""
-    return BACKENDS
+    """Backends this installation can run: ``triton`` needs Triton and a CUDA device (or the interpreter)."""
+    runs_triton = _triton_backend() is not None and (torch.cuda.is_available() or _triton_interpreting())
+    return BACKENDS if runs_triton else ("reference", "cpu")
 
 
 def resolve_backend(device_type: str, backend: str | None = None) -> str:
     """The backend to run on ``device_type`` ("cpu" or "cuda"), honouring ``DIEN_KERNEL``."""
-    chosen = os.environ.get("DIEN_KERNEL") or backend or "reference"
+    chosen = os.environ.get("DIEN_KERNEL") or backend
+    if chosen is None:
+        return "triton" if device_type == "cuda" and _triton_backend() is not None else "cpu"
     if chosen not in BACKENDS:
         raise ValueError(f"unknown kernel backend {chosen!r}; choose one of {', '.join(BACKENDS)}")
+    if chosen == "triton":
+        if _triton_backend() is None:
+            raise ValueError("kernel backend 'triton' needs the triton package, which does not import here")
+        if device_type != "cuda" and not _triton_interpreting():
+            raise ValueError(f"kernel backend 'triton' runs on CUDA tensors (or under TRITON_INTERPRET=1), "
+                             f"got {device_type} tensors")
     return chosen
+
+
+def _implementation(name: str) -> ModuleType:
+    return _triton_backend() if name == "triton" else {"reference": reference, "cpu": cpu}[name]
 
 
 def _check(x: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor, att: Tensor | None) -> None:
@@ -57,12 +89,13 @@ def gru(
 
     Args:
         x: [B, T, I] float. lengths: [B] int64, 0 <= len <= T. h0: [B, H] or None (zeros).
+        backend: "reference", "cpu", "triton" or None (the fastest for ``x.device``); ``DIEN_KERNEL`` overrides.
     Returns:
         out [B, T, H] (zeros at padded steps), h_last [B, H].
     """
     _check(x, lengths, weight_ih, weight_hh, None)
-    resolve_backend(x.device.type, backend)
-    return reference.gru(x, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    implementation = _implementation(resolve_backend(x.device.type, backend))
+    return implementation.gru(x, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
 
 
 def augru(
@@ -78,5 +111,5 @@ def augru(
 ) -> tuple[Tensor, Tensor]:
     """AUGRU (paper Eq. 11-12): like :func:`gru` with the update gate scaled by ``att`` [B, T]."""
     _check(x, lengths, weight_ih, weight_hh, att)
-    resolve_backend(x.device.type, backend)
-    return reference.augru(x, att, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    implementation = _implementation(resolve_backend(x.device.type, backend))
+    return implementation.augru(x, att, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)

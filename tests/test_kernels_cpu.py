@@ -1,0 +1,82 @@
+"""The CPU backend against the reference: outputs, final state and every input's gradient; and the dispatch."""
+import pytest
+import torch
+
+from dien import kernels
+from dien.kernels import cpu
+from dien.kernels.cases import forward_backward, make_inputs, run
+
+
+def assert_same_results(actual: dict, expected: dict, **tolerances) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], msg=lambda m: f"{name}: {m}", **tolerances)
+
+
+@pytest.mark.parametrize("op", ["gru", "augru"])
+def test_full_size_matches_reference(op):
+    """The paper's sizes: batch 128, 100 steps, input 36, hidden 36; lengths from 0 to 100, with h0."""
+    case = make_inputs(128, 100, 36, 36, with_h0=True, seed=1)
+    expected = forward_backward(op, case, "reference")
+    actual = forward_backward(op, case, "cpu")
+    # fp32 sums over 12,800 (row, step) pairs in another order: weight gradients differ in the last bits.
+    assert_same_results(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("op", ["gru", "augru"])
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("batch, steps, inputs, hidden", [(5, 63, 7, 13), (1, 1, 3, 2), (33, 17, 36, 108)])
+def test_odd_sizes_match_reference_in_float64(op, with_h0, batch, steps, inputs, hidden):
+    case = make_inputs(batch, steps, inputs, hidden, with_h0=with_h0, dtype=torch.float64, seed=2)
+    assert_same_results(forward_backward(op, case, "cpu"), forward_backward(op, case, "reference"))
+
+
+@pytest.mark.parametrize("op", ["gru", "augru"])
+def test_zero_steps_return_the_initial_state(op):
+    case = make_inputs(4, 0, 3, 5, with_h0=True, dtype=torch.float64)
+    assert_same_results(forward_backward(op, case, "cpu"), forward_backward(op, case, "reference"))
+
+
+@pytest.mark.parametrize("op", ["gru", "augru"])
+@pytest.mark.parametrize("used", ["out", "h_last"])
+def test_gradients_when_only_one_output_is_used(op, used):
+    """The backward receives None for the unused output (materialize_grads is off)."""
+    case = make_inputs(6, 9, 4, 5, with_h0=True, dtype=torch.float64, seed=3)
+    grads = {}
+    for backend in ("reference", "cpu"):
+        for tensor in case.leaves().values():
+            tensor.grad = None
+        out, h_last = run(op, case, backend)
+        (out if used == "out" else h_last).sum().backward()
+        grads[backend] = {name: tensor.grad for name, tensor in case.leaves().items() if tensor.grad is not None}
+    assert_same_results(grads["cpu"], grads["reference"])
+
+
+def test_gradcheck():
+    case = make_inputs(3, 5, 2, 3, with_h0=True, dtype=torch.float64, seed=4)
+    args = (case.x, case.att, case.lengths, case.weight_ih, case.weight_hh, case.bias_ih, case.bias_hh, case.h0)
+    assert torch.autograd.gradcheck(cpu.Recurrence.apply, args)
+    assert torch.autograd.gradcheck(cpu.Recurrence.apply, (args[0], None) + args[2:])
+
+
+def test_default_backend_follows_the_device(monkeypatch):
+    monkeypatch.delenv("DIEN_KERNEL", raising=False)
+    assert kernels.resolve_backend("cpu") == "cpu"
+    triton_imports = kernels.dispatch._triton_backend() is not None
+    assert kernels.resolve_backend("cuda") == ("triton" if triton_imports else "cpu")
+    assert {"reference", "cpu"} <= set(kernels.available_backends())
+
+
+def test_environment_overrides_the_backend(monkeypatch):
+    monkeypatch.setenv("DIEN_KERNEL", "reference")
+    assert kernels.resolve_backend("cpu", "cpu") == "reference"
+    monkeypatch.setenv("DIEN_KERNEL", "fastest-please")
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        kernels.resolve_backend("cpu")
+
+
+def test_triton_backend_refuses_cpu_tensors_outside_the_interpreter(monkeypatch):
+    monkeypatch.delenv("DIEN_KERNEL", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="triton"):
+        kernels.resolve_backend("cpu", "triton")
