@@ -33,10 +33,12 @@ class HistoryEncoding:
 
 @dataclass
 class ModelOutput:
-    """logits: [B] click logits; aux_loss: scalar auxiliary loss (DIEN only, else None)."""
+    """logits: [B] click logits; aux_loss: scalar auxiliary loss (DIEN only, else None);
+    extra_loss: scalar loss terms a wrapper adds, already weighted (e.g. distillation's hint loss)."""
 
     logits: Tensor
     aux_loss: Tensor | None = None
+    extra_loss: Tensor | None = None
 
 
 class CTRModel(nn.Module):

@@ -55,14 +55,18 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.o
 
 
 def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig) -> StepResult:
-    """One optimizer step on ``batch``: L = BCE(logits, label) + aux_weight * L_aux.
+    """One optimizer step on ``batch``: L = BCE(logits, label) + aux_weight * L_aux (+ the model's extra loss).
 
     ``model`` may be a DDP wrapper around a :class:`CTRModel`.
     """
     model.train()
     output = model(batch)
     target_loss = F.binary_cross_entropy_with_logits(output.logits, batch.label)
-    loss = target_loss if output.aux_loss is None else target_loss + config.aux_weight * output.aux_loss
+    loss = target_loss
+    if output.aux_loss is not None:
+        loss = loss + config.aux_weight * output.aux_loss
+    if output.extra_loss is not None:
+        loss = loss + output.extra_loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip is not None:

@@ -47,7 +47,7 @@ def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
         if not np.isnan(user_auc):
             total += user_auc * (stop - start)
             weight += stop - start
-    return total / weight if weight else float("nan")
+    return float(total / weight) if weight else float("nan")
 
 
 def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:

@@ -1,0 +1,117 @@
+"""Train every model of the family on the same data over several seeds and compare them (paper Table 2)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dien.data.local import LocalDataset, build_local_dataset
+from dien.data.samples import SampleConfig
+from dien.data.synthetic import SyntheticConfig, generate
+from dien.kernels import resolve_backend
+from dien.model import MODELS, ModelConfig, build_model
+from dien.train.loop import TrainConfig, fit, iterate_batches, predict
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """The generated behavior logs every model is trained on."""
+    samples: SampleConfig = field(default_factory=SampleConfig)
+    """How targets and histories are cut from the logs."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimization settings shared by every model (its seed is replaced per run)."""
+    hidden: int = 36
+    """GRU hidden size of the sequence models."""
+    models: tuple[str, ...] = tuple(MODELS)
+    """Models to compare, by registry name."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Model-initialization and shuffling seeds; the data stays the same."""
+
+
+@dataclass
+class ModelRuns:
+    name: str
+    description: str
+    runs: list[dict[str, float]] = field(default_factory=list)
+    """Per seed: test auc, gauc, logloss, train samples/s, train seconds."""
+
+    def stat(self, key: str) -> tuple[float, float]:
+        """Mean and sample standard deviation of ``key`` over the seeds."""
+        values = np.array([run[key] for run in self.runs], dtype=np.float64)
+        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _run_one(dataset: LocalDataset, config: CompareConfig, name: str, seed: int) -> dict[str, float]:
+    torch.manual_seed(seed)
+    model = build_model(name, ModelConfig(dataset.n_items, dataset.n_cats, hidden=config.hidden))
+    train_config = TrainConfig(**{**asdict(config.train), "seed": seed})
+    result = fit(model, dataset.splits["train"], None, train_config)
+    test = predict(model, iterate_batches(dataset.splits["test"], train_config.eval_batch_size)).metrics()
+    return {**test, "samples_per_second": result.samples_per_second, "train_seconds": result.train_seconds, "seed": seed}
+
+
+def compare_models(config: CompareConfig) -> dict:
+    """Generate the data once, train and test every (model, seed); returns a JSON-ready report."""
+    started = time.perf_counter()
+    events = generate(config.synthetic)
+    dataset = build_local_dataset(events, config.samples)
+    sizes = {split: table.num_rows for split, table in dataset.splits.items()}
+    logger.info("data: %d events, %d items, %d categories, samples %s", events.num_rows,
+                dataset.n_items, dataset.n_cats, sizes)
+    results = [ModelRuns(name, MODELS[name].description) for name in config.models]
+    for seed in config.seeds:
+        for runs in results:
+            run = _run_one(dataset, config, runs.name, seed)
+            runs.runs.append(run)
+            logger.info("seed %d %-10s auc %.4f gauc %.4f logloss %.4f  %.0f samples/s", seed, runs.name,
+                        run["auc"], run["gauc"], run["logloss"], run["samples_per_second"])
+    return {
+        "config": asdict(config),
+        "kernel_backend": resolve_backend("cpu"),
+        "torch_threads": torch.get_num_threads(),
+        "events": events.num_rows,
+        "samples": sizes,
+        "seconds": time.perf_counter() - started,
+        "models": [
+            {"name": r.name, "description": r.description, "runs": r.runs,
+             **{f"{key}_{stat}": value for key in ("auc", "gauc", "logloss", "samples_per_second")
+                for stat, value in zip(("mean", "std"), r.stat(key))}}
+            for r in results
+        ],
+    }
+
+
+def format_table(report: dict) -> str:
+    """The report as an aligned text table, best AUC first, with the ordering checks the paper implies."""
+    rows = sorted(report["models"], key=lambda m: -m["auc_mean"])
+    lines = [f"{'model':<11} {'description':<38} {'test AUC':>17} {'test GAUC':>17} {'train samples/s':>15}"]
+    for m in rows:
+        lines.append(f"{m['name']:<11} {m['description'][:38]:<38} "
+                     f"{m['auc_mean']:.4f} ± {m['auc_std']:.4f}  {m['gauc_mean']:.4f} ± {m['gauc_std']:.4f} "
+                     f"{m['samples_per_second_mean']:>15.0f}")
+    by_name = {m["name"]: m for m in report["models"]}
+    for better, worse in (("dien", "din"), ("din", "base")):
+        if better in by_name and worse in by_name:
+            a, b = by_name[better], by_name[worse]
+            gap = a["auc_mean"] - b["auc_mean"]
+            bar = 2 * max(a["auc_std"], b["auc_std"])
+            verdict = "holds" if gap > bar and not math.isnan(gap) else "does NOT hold"
+            lines.append(f"{better} > {worse}: AUC gap {gap:+.4f} vs 2 x std {bar:.4f} -> {verdict}")
+    lines.append(f"kernel backend: {report['kernel_backend']}, torch threads: {report['torch_threads']}, "
+                 f"{report['events']} events, samples {report['samples']}, {report['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))

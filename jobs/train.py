@@ -1,0 +1,57 @@
+"""Train a model data-parallel with Ray Train on a prepared dataset and export it as an artifact.
+
+    python jobs/train.py --data data/synthetic --model dien --epochs 2 --workers 2 --out artifacts/dien
+    ray job submit -- "$PWD/.venv/bin/python" jobs/train.py --data "$PWD/data/synthetic" ...
+
+Re-running with the same --storage and --run-name resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dien.model import MODELS
+from dien.train.cli import (add_cluster_arguments, add_optimization_arguments, cluster_config, format_summary,
+                            train_config)
+from dien.train.distributed import TrainJob, export_artifact, run_training
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="prepared dataset directory (jobs/prepare_data.py)")
+    parser.add_argument("--model", default="dien", choices=list(MODELS))
+    parser.add_argument("--hidden", type=int, default=36, help="GRU hidden size (teacher 108, student 32)")
+    parser.add_argument("--attention", choices=("bilinear", "mlp"), default="bilinear")
+    parser.add_argument("--activation", choices=("dice", "prelu"), default="dice")
+    parser.add_argument("--out", help="artifact directory to export the trained model to")
+    add_optimization_arguments(parser)
+    add_cluster_arguments(parser, run_name="dien")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    job = TrainJob(
+        data=args.data,
+        model=args.model,
+        model_options={"hidden": args.hidden, "attention": args.attention, "activation": args.activation},
+        train=train_config(args),
+        cluster=cluster_config(args),
+        bf16=args.bf16,
+        length_buckets=args.length_buckets,
+    )
+    try:
+        result = run_training(job)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result.error:
+        print(f"training failed: {result.error}", file=sys.stderr)
+        return 1
+    print(format_summary(result.metrics))
+    if args.out:
+        print(f"artifact: {export_artifact(job, result, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
