@@ -1,0 +1,21 @@
+"""The application builder: ``import_path: dien.serve.app:build_app`` in ``serve_configs/*.yaml``.
+
+    serve run serve_configs/local.yaml
+    serve run dien.serve.app:build_app model=artifacts/student history=data/synthetic
+"""
+# No `from __future__ import annotations`: Serve converts the config's `args` dict into ServeArgs only when
+# the builder's parameter annotation is the class itself, not a string.
+from ray.serve import Application
+
+from dien.artifacts import load_artifact
+from dien.serve.config import ServeArgs
+from dien.serve.ingress import Ingress
+from dien.serve.scorer import Scorer
+
+
+def build_app(args: ServeArgs) -> Application:
+    """Ingress -> Scorer. Loads nothing here: the builder may run on another machine than the replicas,
+    so paths are resolved and checked by the replicas that read them."""
+    args = ServeArgs.model_validate(args)
+    scorer = Scorer.bind(args.model, args.device, load_artifact)
+    return Ingress.bind(scorer, args.history, args.limits)

@@ -1,0 +1,82 @@
+"""Typed settings of the Serve application: builder args (fixed per deploy) and the scorer's ``user_config``
+(changed on running replicas, no restart).
+
+Where a setting lives decides what changing it costs. ``args`` feed the application builder: Serve hashes
+them into the code version, so any change replaces every replica (a rolling update). Replica counts,
+actor resources and ``user_config`` sit in the config file's ``deployments:`` section: Serve applies them
+to running replicas, so batch size, batch wait and torch threads are in ``ScorerConfig``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class RequestLimits(BaseModel):
+    """What one ``POST /v1/score`` may carry; anything beyond is a 4xx naming the field."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    max_candidates: PositiveInt = 1000
+    """Most candidates in one request (more: 422 on ``candidates``)."""
+    max_history: PositiveInt = 1000
+    """Most history entries in one request (more: 422 on ``history``). Entries beyond the model's
+    ``max_len`` are accepted and dropped, oldest first."""
+    max_id_chars: PositiveInt = 256
+    """Longest ``user_id``, ``item_id`` or ``category`` string (longer: 422 on that field)."""
+    max_body_bytes: PositiveInt = 1 << 20
+    """Largest request body in bytes (larger: 413)."""
+
+
+class ServeArgs(BaseModel):
+    """The ``args`` of ``dien.serve.app:build_app`` (``import_path`` in ``serve_configs/*.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: str = Field(min_length=1)
+    """Model artifact directory (``dien.artifacts``). Relative paths resolve against each replica's
+    working directory: the directory ``ray start --head`` or ``serve run`` was started in."""
+    history: str | None = None
+    """The user-history store: a prepared dataset directory, or the ``user_history.parquet`` inside one
+    (its ``vocab/`` gives the stored ids their tokens). None: no store, every user without a
+    request-given history scores with an empty history. Relative paths resolve like ``model``."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the scorer runs the model; auto: the GPU when Ray gave the replica one, else the CPU."""
+    limits: RequestLimits = RequestLimits()
+    """Request validation limits, enforced by the ingress."""
+
+
+class ScorerConfig(BaseModel):
+    """The scorer deployment's ``user_config``: applied by ``reconfigure`` without restarting replicas.
+
+    Keep the deployment's ``max_ongoing_requests`` >= ``max_batch_size``: a replica never holds more
+    requests than that, so a larger batch can never fill.
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    max_batch_size: PositiveInt = 16
+    """Most requests scored together in one batch."""
+    batch_wait_timeout_s: float = Field(0.005, ge=0, allow_inf_nan=False)
+    """Longest wait, in seconds, for a batch to fill after its first request arrived."""
+    torch_threads: PositiveInt = 1
+    """torch intra-op threads per replica (match the replica's ``num_cpus``)."""
+    max_chunk_candidates: PositiveInt = 4096
+    """Candidates run through attention, AUGRU and the MLP at once; bounds a batch's peak memory
+    (about chunk x max_len x (hidden + 36) x 4 bytes per intermediate)."""
+
+
+def resolve_path(value: str, what: str) -> Path:
+    """``value`` as an absolute path that exists, relative ones taken from the current working directory;
+    a missing path is an error naming ``what``, the path as given and where it was looked for."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{what} not found: {path} (given as {value!r}; relative paths resolve against this replica's "
+            f"working directory {Path.cwd()}, the directory `ray start --head` or `serve run` was started "
+            "in: give an absolute path or start the cluster from the repository root)")
+    return path

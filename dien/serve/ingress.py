@@ -1,0 +1,178 @@
+"""The HTTP ingress deployment: validates requests, resolves histories, calls the scorer.
+
+The user-history store lives here rather than in a deployment of its own: a lookup is a binary search and
+a slice (microseconds), far less than the extra hop and serialization a separate deployment would add to
+every request, and the ingress is the CPU-only, independently scaled tier (the scorer may hold a GPU and
+should spend its batch loop on tensors only). Each ingress replica holds a copy of the store
+(see ``UserHistoryStore`` for its size).
+"""
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime, and the
+# request model is a local class built from the limits.
+import asyncio
+import logging
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import metrics
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dien.serve.config import RequestLimits, resolve_path
+from dien.serve.history import UserHistoryStore
+from dien.serve.schemas import (ErrorResponse, FieldError, ScoreResponse, describe, error_response_body,
+                                score_request_model)
+from dien.serve.scoring import ScoreJob, ScoreResult
+
+logger = logging.getLogger("ray.serve")
+
+INGRESS = "Ingress"
+"""The deployment's name (the ``deployments:`` entry of the Serve configs)."""
+BATCH_SIZE_HEADER = "X-DIEN-Batch-Size"
+"""Response header: how many requests were scored in the same batch as this one."""
+HEALTH_TIMEOUT_S = 2.0
+
+
+def current_request_id() -> str:
+    """Serve's id of the request being handled (also sent back in the ``X-Request-ID`` response header)."""
+    # Serve has no public accessor; this is the context its own log filter reads.
+    return serve.context._get_serve_request_context().request_id
+
+
+def body_too_large(max_bytes: int) -> list[FieldError]:
+    return [FieldError(field="body", message=f"larger than the limit of {max_bytes} bytes")]
+
+
+class DeclaredBodyLimit:
+    """Answers 413 before reading a body whose Content-Length exceeds the limit. Bodies without a
+    Content-Length (chunked) are counted while read, by the route's ``max_body_size``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, reject: Callable[[int, list[FieldError]], Response]) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.reject = reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                await self.reject(413, body_too_large(self.max_bytes))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@serve.deployment(
+    name=INGRESS,
+    # The ingress only awaits the scorer: let it hold enough requests to fill the scorers' batches.
+    max_ongoing_requests=256,
+    ray_actor_options={"num_cpus": 0.5},
+    max_surge_percent=100,
+    graceful_shutdown_timeout_s=30,
+    max_constructor_retry_count=3,
+)
+@serve.ingress()
+class Ingress:
+    """``POST /v1/score``, ``GET /v1/model``, ``GET /healthz``; OpenAPI at ``/docs``."""
+
+    def __init__(self, scorer: DeploymentHandle, history: str | None, limits: RequestLimits) -> None:
+        self.scorer = scorer
+        self.limits = RequestLimits.model_validate(limits)
+        self.store = UserHistoryStore.load(resolve_path(history, "user history")) if history else None
+        self._rejected = metrics.Counter("dien_ingress_rejected", description="Requests answered with a 4xx.",
+                                         tag_keys=("status", "field"))
+        self._unknown_users = metrics.Counter(
+            "dien_ingress_unknown_users", description="Requests whose user has no stored history.")
+        if self.store is not None:
+            logger.info("User-history store: %d users, %.1f MiB", len(self.store), self.store.nbytes / 2**20)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self)
+
+    def history_of(self, user_id: str) -> tuple[list[str | None], list[str | None]]:
+        """The stored history of ``user_id``, empty for an unknown user."""
+        found = self.store.lookup(user_id) if self.store is not None else None
+        if found is None:
+            self._unknown_users.inc()
+            return [], []
+        return found
+
+    async def score(self, body: Any, response: Response) -> ScoreResponse:
+        if body.history is not None:
+            items, cats = [b.item_id for b in body.history], [b.category for b in body.history]
+        elif body.user_id is not None:
+            items, cats = self.history_of(body.user_id)
+        else:
+            raise RequestValidationError([{"type": "missing", "loc": ("body", "user_id"), "input": None,
+                                           "msg": "Field required when history is not given"}])
+        job = ScoreJob(candidate_items=[c.item_id for c in body.candidates],
+                       candidate_cats=[c.category for c in body.candidates],
+                       history_items=items, history_cats=cats, request_id=current_request_id())
+        result: ScoreResult = await self.scorer.score.remote(job)
+        response.headers[BATCH_SIZE_HEADER] = str(result.batch_size)
+        return ScoreResponse(scores=result.scores, model=result.model, history_length=result.history_length)
+
+    def rejected(self, status: int, errors: list[FieldError]) -> JSONResponse:
+        # Tag by top-level field only: the full path (candidates[517].item_id) would explode the series.
+        fields = sorted({e.field.split("[")[0].split(".")[0] for e in errors})
+        self._rejected.inc(tags={"status": str(status), "field": ",".join(fields)})
+        body = error_response_body(errors)
+        logger.info("rejected with %d: %s", status, body["error"][:500])
+        return JSONResponse(body, status_code=status)
+
+    async def healthz(self) -> JSONResponse:
+        try:
+            model = await asyncio.wait_for(self._ask_ready(), HEALTH_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 -- any failure to reach the scorer means unhealthy
+            return JSONResponse({"status": "unavailable", "error": f"scorer: {type(error).__name__}: {error}"},
+                                status_code=503)
+        return JSONResponse({"status": "ok", "model": model,
+                             "users": len(self.store) if self.store is not None else 0})
+
+    async def _ask_ready(self) -> dict[str, str]:
+        return await self.scorer.ready.remote()
+
+    async def model_info(self) -> dict[str, Any]:
+        return await self.scorer.model_info.remote()
+
+
+def build_api(ingress: Ingress) -> FastAPI:
+    """The FastAPI app of one ingress replica (built per replica, so routes see its limits and store)."""
+    limits = ingress.limits
+    ScoreRequest = score_request_model(limits)
+    errors = {400: {"model": ErrorResponse, "description": "Body is not JSON"},
+              413: {"model": ErrorResponse, "description": f"Body larger than {limits.max_body_bytes} bytes"},
+              422: {"model": ErrorResponse, "description": "A field is missing, of the wrong type or over a limit"}}
+    api = FastAPI(title="DIEN click-through-rate scoring",
+                  description="Scores candidate items for a user with a DIEN model (Ray Serve).")
+    api.add_middleware(DeclaredBodyLimit, max_bytes=limits.max_body_bytes, reject=ingress.rejected)
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = exc.errors()
+        status = 400 if any(p["type"] == "json_invalid" for p in problems) else 422
+        return ingress.rejected(status, [describe(p) for p in problems])
+
+    @api.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 413:
+            return ingress.rejected(413, body_too_large(limits.max_body_bytes))
+        field = {404: "path", 405: "method"}.get(exc.status_code, "body")
+        return ingress.rejected(exc.status_code, [FieldError(field=field, message=str(exc.detail))])
+
+    @api.post("/v1/score", response_model=ScoreResponse, responses=errors, max_body_size=limits.max_body_bytes,
+              summary="Click probabilities of the candidates for one user")
+    async def score(body: ScoreRequest, response: Response) -> ScoreResponse:
+        return await ingress.score(body, response)
+
+    @api.get("/v1/model", summary="The served model: name, version, hidden size, vocabulary sizes, metrics")
+    async def model() -> dict[str, Any]:
+        return await ingress.model_info()
+
+    @api.get("/healthz", summary="200 when the scorer answers, 503 otherwise")
+    async def healthz() -> JSONResponse:
+        return await ingress.healthz()
+
+    return api

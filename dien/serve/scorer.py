@@ -1,0 +1,137 @@
+"""The scorer deployment: loads one model artifact and scores batches of requests with ``@serve.batch``."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+import ray
+import torch
+from ray import serve
+from ray.serve import metrics
+
+from dien.artifacts import ModelArtifact, load_artifact
+from dien.serve.config import ScorerConfig, resolve_path
+from dien.serve.scoring import ScoreJob, ScoreResult, TokenIndex, score_jobs
+
+# Serve's logger: in a replica every line carries the deployment, the replica and (inside a request) its id.
+logger = logging.getLogger("ray.serve")
+
+SCORER = "Scorer"
+"""The deployment's name (the ``deployments:`` entry of the Serve configs)."""
+_DEFAULTS = ScorerConfig()
+
+
+def pick_device(requested: str) -> torch.device:
+    """The device for ``requested`` (auto, cpu, cuda), from the GPUs Ray assigned to this replica."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    has_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    if requested == "cuda" and not has_gpu:
+        raise RuntimeError("device is cuda but this replica has no GPU: give the Scorer deployment "
+                           "ray_actor_options.num_gpus (e.g. 1), or use device: auto or cpu")
+    return torch.device("cuda" if has_gpu else "cpu")
+
+
+def _exponential(start: float, stop: float) -> list[float]:
+    bounds = [start]
+    while bounds[-1] * 2 <= stop:
+        bounds.append(bounds[-1] * 2)
+    return bounds
+
+
+@serve.deployment(
+    name=SCORER,
+    max_ongoing_requests=2 * _DEFAULTS.max_batch_size,
+    user_config=_DEFAULTS.model_dump(),
+    ray_actor_options={"num_cpus": 1},
+    # Replacements start and become ready before old replicas stop, which first finish what they hold.
+    max_surge_percent=100,
+    graceful_shutdown_timeout_s=30,
+    # A missing or altered artifact does not heal itself: fail the deploy soon, with the loader's message.
+    max_constructor_retry_count=3,
+)
+class Scorer:
+    """Loads the artifact with the injected ``loader`` (the one batch inference and tests use), verifying
+    its checksums, warms the model up, then scores batches of :class:`ScoreJob`."""
+
+    def __init__(self, model: str, device: str = "auto",
+                 loader: Callable[..., ModelArtifact] = load_artifact) -> None:
+        self.device = pick_device(device)
+        self.artifact = loader(resolve_path(model, "model artifact"), device=self.device)
+        self.items = TokenIndex(self.artifact.items)
+        self.categories = TokenIndex(self.artifact.categories)
+        self.model_ref = {"name": self.artifact.name, "version": str(self.artifact.manifest["version"])}
+        self.config = _DEFAULTS
+        self._batch_requests = metrics.Histogram(
+            "dien_scorer_batch_requests", description="Requests per scored batch.",
+            boundaries=_exponential(1, 1024), tag_keys=("model_version",))
+        self._batch_candidates = metrics.Histogram(
+            "dien_scorer_batch_candidates", description="Candidates per scored batch.",
+            boundaries=_exponential(1, 1 << 20), tag_keys=("model_version",))
+        self._batch_latency = metrics.Histogram(
+            "dien_scorer_batch_latency_ms", description="Time to score one batch (encode, model, split), in ms.",
+            boundaries=_exponential(0.5, 20_000), tag_keys=("model_version",))
+        self._candidates_scored = metrics.Counter(
+            "dien_scorer_candidates_scored", description="Candidates scored.", tag_keys=("model_version",))
+        for metric in (self._batch_requests, self._batch_candidates, self._batch_latency, self._candidates_scored):
+            metric.set_default_tags({"model_version": self.model_ref["version"]})  # Serve adds to the dict
+        # The first call allocates and (on GPU) compiles kernels: pay for it before the replica is ready.
+        max_len = self.artifact.max_len
+        self._score_now([ScoreJob(["warm-up"], ["warm-up"], ["warm-up"] * max_len, ["warm-up"] * max_len)])
+        logger.info("Scorer ready: model %s version %s from %s on %s", self.model_ref["name"],
+                    self.model_ref["version"], self.artifact.path, self.device)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a ``user_config`` (:class:`ScorerConfig`) to the running replica."""
+        config = ScorerConfig.model_validate(user_config)
+        self.score.set_max_batch_size(config.max_batch_size)
+        self.score.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        torch.set_num_threads(config.torch_threads)
+        self.config = config
+        logger.info("Scorer configured: %s", config.model_dump())
+
+    def _score_now(self, jobs: list[ScoreJob]) -> tuple[list[np.ndarray], np.ndarray]:
+        return score_jobs(self.artifact.model, self.items, self.categories, self.artifact.max_len, jobs,
+                          self.device, self.config.max_chunk_candidates)
+
+    @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s)
+    async def score(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
+        """Called with one :class:`ScoreJob`; Serve collects concurrent calls into ``jobs``."""
+        started = time.perf_counter()
+        # A worker thread keeps the replica's event loop free to queue the next batch meanwhile.
+        scores, lengths = await asyncio.to_thread(self._score_now, jobs)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        candidates = sum(len(s) for s in scores)
+        self._batch_requests.observe(len(jobs))
+        self._batch_candidates.observe(candidates)
+        self._batch_latency.observe(elapsed_ms)
+        self._candidates_scored.inc(candidates)
+        logger.debug("scored %d requests, %d candidates in %.1f ms: %s", len(jobs), candidates, elapsed_ms,
+                     " ".join(job.request_id for job in jobs))
+        return [ScoreResult(scores=s.tolist(), history_length=int(n), model=self.model_ref, batch_size=len(jobs))
+                for s, n in zip(scores, lengths)]
+
+    def ready(self) -> dict[str, str]:
+        """The model's name and version (a cheap liveness probe for the ingress's /healthz)."""
+        return self.model_ref
+
+    def model_info(self) -> dict[str, Any]:
+        """What ``GET /v1/model`` shows: manifest facts and this replica's serving settings."""
+        manifest = self.artifact.manifest
+        return {
+            **self.model_ref,
+            "created": manifest.get("created"),
+            "hidden": self.artifact.config.hidden,
+            "max_len": self.artifact.max_len,
+            "vocab_sizes": manifest.get("vocab_sizes", {}),
+            "metrics": manifest.get("metrics", {}),
+            "config": manifest["model"]["config"],
+            "serving": {
+                "replica": serve.get_replica_context().replica_tag,
+                "device": str(self.device),
+                **self.config.model_dump(),
+            },
+        }

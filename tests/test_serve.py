@@ -1,0 +1,466 @@
+"""Serving: the user-history store, batch scoring, the config files, and one real deployment over HTTP.
+
+The deployment is ``serve_configs/local.yaml`` with test paths and limits, applied the way ``serve deploy``
+applies it (declaratively, so a ``user_config`` change reaches running replicas), on the session's Ray
+(``ray_session``) with HTTP on a free port. Every score is compared with the offline model
+(``artifact.model.predict``) on ids made by the library's own encoders (``Vocabulary.encode``,
+``id_translation``), independent of the serving code's token index.
+"""
+import importlib
+import math
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import requests
+import torch
+import yaml
+from ray import serve
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+from ray.serve.schema import ServeDeploySchema
+from ray.serve.deployment import Application
+
+from dien.artifacts import load_artifact, save_artifact
+from dien.data.batch import Batch
+from dien.data.dataset_dir import USER_HISTORY_FILE, DatasetDir
+from dien.data.vocab import Vocabulary
+from dien.model import ModelConfig, build_model
+from dien.serve import RequestLimits, ScorerConfig, ServeArgs
+from dien.serve.config import resolve_path
+from dien.serve.history import UserHistoryStore
+from dien.serve.ingress import BATCH_SIZE_HEADER, INGRESS
+from dien.serve.redeploy_check import LoadProbe, config_with_model, wait_for_version
+from dien.serve.scorer import SCORER
+from dien.serve.scoring import ScoreJob, TokenIndex, score_jobs
+from dien.train.evaluate import id_translation
+
+SERVE_CONFIGS = Path(__file__).resolve().parents[1] / "serve_configs"
+APP = "dien-test"
+MAX_LEN = 25
+"""Shorter than the test dataset's 30, so stored histories are truncated too."""
+LIMITS = RequestLimits(max_candidates=40, max_history=60, max_id_chars=32, max_body_bytes=16_384)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+def make_artifact(path: Path, dataset: DatasetDir, seed: int, reverse_vocab: bool = False) -> Path:
+    """A small untrained DIEN on the dataset's vocabularies (reversed: ids differ from the dataset's)."""
+    vocab = dataset.vocabularies()
+    items, cats = vocab.item, vocab.category
+    if reverse_vocab:
+        items, cats = (Vocabulary(v.tokens.take(pa.array(np.arange(len(v.tokens))[::-1])), v.counts[::-1])
+                       for v in (items, cats))
+    torch.manual_seed(seed)
+    config = ModelConfig(len(items), len(cats), hidden=8, mlp_dims=(16, 8), aux_dims=(8,))
+    model = build_model("dien", config).eval()
+    return save_artifact(path, model, "dien", config, items, cats, max_len=MAX_LEN, metrics={"auc": 0.5 + seed / 10})
+
+
+@pytest.fixture(scope="module")
+def artifacts(prepared_dataset, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve_artifacts")
+    return {"a": make_artifact(root / "a", prepared_dataset, seed=0),
+            "b": make_artifact(root / "b", prepared_dataset, seed=1, reverse_vocab=True)}
+
+
+class Offline:
+    """The offline model on a request's inputs: stored histories through ``id_translation``, tokens through
+    ``Vocabulary.encode``, the most recent ``max_len`` behaviors, ``model.predict``."""
+
+    def __init__(self, artifact_dir: Path, dataset: DatasetDir) -> None:
+        self.artifact = load_artifact(artifact_dir)
+        vocab = dataset.vocabularies()
+        self.translate = [id_translation(vocab.item, self.artifact.items),
+                          id_translation(vocab.category, self.artifact.categories)]
+        table = dataset.user_history()
+        self.stored = {user: (np.array(items), np.array(cats)) for user, items, cats in
+                       zip(*(table.column(c).to_pylist() for c in ("user_id", "hist_item", "hist_cat")))}
+
+    @property
+    def version(self) -> str:
+        return self.artifact.manifest["version"]
+
+    def history(self, body: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        if "history" in body:
+            return tuple(vocabulary.encode(pa.array([b[key] for b in body["history"]], pa.string())).astype(np.int64)
+                         for vocabulary, key in ((self.artifact.items, "item_id"),
+                                                 (self.artifact.categories, "category")))
+        stored = self.stored.get(body["user_id"], (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        return tuple(ids.astype(np.int64) if table is None else table[ids].numpy()
+                     for ids, table in zip(stored, self.translate))
+
+    def score(self, body: dict[str, Any]) -> tuple[np.ndarray, int]:
+        """(click probabilities, history length) the server should answer ``body`` with."""
+        items, cats = (ids[max(0, len(ids) - self.artifact.max_len):] for ids in self.history(body))
+        n, length = len(body["candidates"]), len(items)
+
+        def column(ids: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.tile(ids.reshape(1, -1), (n, 1)))
+
+        hist_item, hist_cat = column(items), column(cats)
+        target = [self.artifact.items.encode(pa.array([c["item_id"] for c in body["candidates"]])),
+                  self.artifact.categories.encode(pa.array([c["category"] for c in body["candidates"]]))]
+        batch = Batch(user=torch.zeros(n, dtype=torch.int64), hist_item=hist_item, hist_cat=hist_cat,
+                      neg_hist_item=torch.zeros_like(hist_item), neg_hist_cat=torch.zeros_like(hist_cat),
+                      lengths=torch.full((n,), length, dtype=torch.int64),
+                      target_item=torch.from_numpy(target[0].astype(np.int64)),
+                      target_cat=torch.from_numpy(target[1].astype(np.int64)), label=torch.zeros(n))
+        return self.artifact.model.predict(batch).numpy(), length
+
+
+@pytest.fixture(scope="module")
+def offline(artifacts, prepared_dataset) -> dict[str, Offline]:
+    return {name: Offline(path, prepared_dataset) for name, path in artifacts.items()}
+
+
+@pytest.fixture(scope="module")
+def catalog(prepared_dataset) -> list[dict[str, str]]:
+    """Every known item with its category, plus two unknown ones."""
+    vocab = prepared_dataset.vocabularies()
+    items = vocab.item.tokens.to_pylist()
+    cats = vocab.category.lookup(vocab.item_category[2:])
+    return [{"item_id": i, "category": c} for i, c in zip(items, cats)] + [
+        {"item_id": "never-seen", "category": "c1"}, {"item_id": "i1", "category": "never-seen"}]
+
+
+def local_config(model: Path, history: Path, **user_config: Any) -> ServeDeploySchema:
+    """serve_configs/local.yaml with the test's paths, limits and scorer settings."""
+    raw = yaml.safe_load((SERVE_CONFIGS / "local.yaml").read_text())
+    app = raw["applications"][0]
+    app["name"] = APP
+    app["args"].update(model=str(model), history=str(history), limits=LIMITS.model_dump())
+    scorer = next(d for d in app["deployments"] if d["name"] == SCORER)
+    scorer["user_config"].update(user_config)
+    return ServeDeploySchema.model_validate(raw)
+
+
+@dataclass
+class Server:
+    url: str
+    deploy: Callable[[ServeDeploySchema], None]
+
+    def post(self, body: Any = None, **kwargs: Any) -> requests.Response:
+        if body is not None:
+            kwargs["json"] = body
+        return requests.post(f"{self.url}/v1/score", timeout=60, **kwargs)
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(f"{self.url}{path}", timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+BATCHING = {"batch_wait_timeout_s": 0.05}
+"""Long enough that concurrent test requests share batches."""
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, artifacts, prepared_dataset) -> Server:
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # `serve deploy` sends the config to the dashboard, which calls this; the tests' Ray has no dashboard.
+    client = serve.context._get_global_client()
+
+    def deploy(config: ServeDeploySchema) -> None:
+        client.deploy_apps(config, _blocking=True)
+
+    deploy(local_config(artifacts["a"], prepared_dataset.path, **BATCHING))
+    yield Server(f"http://127.0.0.1:{port}", deploy)
+    serve.shutdown()
+
+
+def assert_scored(response: requests.Response, body: dict[str, Any], oracle: Offline) -> None:
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    expected, length = oracle.score(body)
+    assert answer["model"] == {"name": "dien", "version": oracle.version}
+    assert answer["history_length"] == length
+    np.testing.assert_allclose(answer["scores"], expected, rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ units (no Serve)
+
+def test_store_returns_every_users_history_as_tokens(prepared_dataset):
+    store = UserHistoryStore.load(prepared_dataset.path)
+    same = UserHistoryStore.load(prepared_dataset.path / USER_HISTORY_FILE)
+    vocab = prepared_dataset.vocabularies()
+    table = prepared_dataset.user_history()
+    assert len(store) == len(same) == table.num_rows
+    for user, items, cats in zip(*(table.column(c).to_pylist() for c in ("user_id", "hist_item", "hist_cat"))):
+        expected = (vocab.item.lookup(np.array(items)), vocab.category.lookup(np.array(cats)))
+        assert store.lookup(user) == expected
+    assert store.lookup("nobody") is None
+    # Compact: flat arrays, not Python objects per behavior.
+    assert store.nbytes < 64 * (table.num_rows + sum(len(h) for h in table.column("hist_item").to_pylist()))
+
+
+def test_store_refuses_bad_input(prepared_dataset, tmp_path):
+    vocab = prepared_dataset.vocabularies()
+    table = prepared_dataset.user_history()
+    twice = pa.concat_tables([table.slice(0, 3), table.slice(1, 1)])
+    with pytest.raises(ValueError, match=f"{table.column('user_id')[1].as_py()}' appears more than once"):
+        UserHistoryStore(twice, vocab.item, vocab.category)
+    with pytest.raises(ValueError, match="outside the dataset's vocabulary"):
+        UserHistoryStore(table, Vocabulary(vocab.item.tokens[:3], vocab.item.counts[:3]), vocab.category)
+    (tmp_path / USER_HISTORY_FILE).write_bytes((prepared_dataset.path / USER_HISTORY_FILE).read_bytes())
+    with pytest.raises(FileNotFoundError, match="must sit in a prepared dataset directory"):
+        UserHistoryStore.load(tmp_path / USER_HISTORY_FILE)
+
+
+def test_missing_paths_are_named_with_where_they_were_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_path("artifacts/student", "model artifact")
+    assert f"model artifact not found: {tmp_path / 'artifacts/student'}" in str(error.value)
+    assert "working directory" in str(error.value)
+    (tmp_path / "artifacts").mkdir()
+    assert resolve_path("artifacts", "x") == tmp_path / "artifacts"
+
+
+def test_settings_reject_nan_negative_and_unknown_values():
+    for bad in ({"batch_wait_timeout_s": math.nan}, {"batch_wait_timeout_s": -1}, {"max_batch_size": 0},
+                {"torch_threads": -2}, {"max_batch": 8}):
+        with pytest.raises(ValueError):
+            ScorerConfig.model_validate(bad)
+    with pytest.raises(ValueError):
+        RequestLimits(max_candidates=-1)
+    with pytest.raises(ValueError, match="modle"):
+        ServeArgs.model_validate({"model": "m", "modle": "typo"})
+
+
+def jobs_for(bodies: list[dict[str, Any]], store: UserHistoryStore) -> list[ScoreJob]:
+    """What the ingress sends the scorer for each body."""
+    jobs = []
+    for body in bodies:
+        if "history" in body:
+            history = ([b["item_id"] for b in body["history"]], [b["category"] for b in body["history"]])
+        else:
+            history = store.lookup(body["user_id"]) or ([], [])
+        jobs.append(ScoreJob([c["item_id"] for c in body["candidates"]], [c["category"] for c in body["candidates"]],
+                             *history))
+    return jobs
+
+
+def test_batch_scoring_matches_the_offline_model_per_request(prepared_dataset, offline, catalog):
+    oracle = offline["b"]  # a vocabulary whose ids differ from the dataset's: tokens must be translated
+    users = list(oracle.stored)[:2]
+    bodies = [{"user_id": users[0], "candidates": catalog[:7]},
+              {"user_id": users[1], "candidates": catalog[-2:]},
+              {"user_id": "nobody", "candidates": catalog[5:6]},
+              {"history": catalog[10:50], "candidates": catalog[:3]}]  # 40 behaviors > MAX_LEN: truncated
+    jobs = jobs_for(bodies, UserHistoryStore.load(prepared_dataset.path))
+    artifact = oracle.artifact
+    indexes = (TokenIndex(artifact.items), TokenIndex(artifact.categories))
+    scores, lengths = score_jobs(artifact.model, *indexes, artifact.max_len, jobs)
+    chunked, _ = score_jobs(artifact.model, *indexes, artifact.max_len, jobs, max_chunk_candidates=3)
+    for body, got, got_chunked, length in zip(bodies, scores, chunked, lengths):
+        expected, expected_length = oracle.score(body)
+        assert length == expected_length
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got_chunked, got, rtol=0, atol=1e-6)
+    assert list(lengths) == [min(len(oracle.stored[users[0]][0]), MAX_LEN),
+                             min(len(oracle.stored[users[1]][0]), MAX_LEN), 0, MAX_LEN]
+
+
+def builder_of(import_path: str) -> Callable:
+    module, attribute = import_path.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@pytest.mark.parametrize("config_file", sorted(SERVE_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_serve_config_validates_and_builds(config_file, artifacts, prepared_dataset):
+    config = ServeDeploySchema.model_validate(yaml.safe_load(config_file.read_text()))
+    for app in config.applications:
+        names = {d.name for d in app.deployments}
+        assert names <= {INGRESS, SCORER}, f"{config_file.name}: unknown deployments {names - {INGRESS, SCORER}}"
+        for deployment in app.deployments:
+            if deployment.name == SCORER:
+                batch = ScorerConfig.model_validate(deployment.user_config)
+                assert deployment.max_ongoing_requests >= batch.max_batch_size
+        args = {**app.args, "model": str(artifacts["a"]), "history": str(prepared_dataset.path)}
+        # As Serve calls the builder: the args dict becomes the annotated pydantic model.
+        built = call_user_app_builder_with_args_if_necessary(builder_of(app.import_path), args)
+        assert isinstance(built, Application)
+
+
+# ------------------------------------------------------------------------------- the deployment over HTTP
+
+def test_scores_equal_the_offline_model(server, offline, catalog):
+    user = list(offline["a"].stored)[7]
+    body = {"user_id": user, "candidates": catalog[:20] + catalog[-2:]}
+    response = server.post(body)
+    assert_scored(response, body, offline["a"])
+    assert response.headers["X-Request-ID"]
+
+
+def test_concurrent_requests_share_batches_without_mixing(server, offline, catalog):
+    rng = np.random.default_rng(0)
+    users = list(offline["a"].stored)[:20]
+    bodies = [{"user_id": u, "candidates": [catalog[i] for i in rng.choice(len(catalog), rng.integers(1, 30))]}
+              for u in users]
+    start = threading.Barrier(len(bodies))
+    responses: dict[int, requests.Response] = {}
+
+    def fire(i: int) -> None:
+        start.wait()
+        responses[i] = server.post(bodies[i])
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, body in enumerate(bodies):
+        assert_scored(responses[i], body, offline["a"])
+    assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses.values()) > 1
+
+
+def test_unknown_user_scores_with_an_empty_history(server, offline, catalog):
+    body = {"user_id": "never-seen-user", "candidates": catalog[:5]}
+    response = server.post(body)
+    assert_scored(response, body, offline["a"])
+    assert response.json()["history_length"] == 0
+
+
+def test_request_history_overrides_the_store_and_keeps_the_most_recent(server, offline, catalog):
+    user = list(offline["a"].stored)[3]
+    history = catalog[20:65] + [{"item_id": "unknown-item", "category": "unknown-cat"}]  # 46 > MAX_LEN
+    body = {"user_id": user, "history": history[-LIMITS.max_history:], "candidates": catalog[:10]}
+    response = server.post(body)
+    assert_scored(response, body, offline["a"])
+    assert response.json()["history_length"] == MAX_LEN
+    empty = {"user_id": user, "history": [], "candidates": catalog[:3]}
+    assert_scored(server.post(empty), empty, offline["a"])
+
+
+VALID = {"item_id": "i1", "category": "c1"}
+JSON = {"Content-Type": "application/json"}
+DROP = object()
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    base = {"user_id": "u1", "candidates": [VALID], **fields}
+    return {k: v for k, v in base.items() if v is not DROP}
+
+
+INVALID = {
+    "not JSON": (dict(data=b'{"user_id": "u1",', headers=JSON), 400, "body"),
+    "a JSON array": (dict(json=[VALID]), 422, "body"),
+    "form encoded": (dict(data={"user_id": "u1"}), 422, "body"),
+    "no content type": (dict(data=b'{"user_id": "u1", "candidates": []}'), 422, "body"),
+    "candidates missing": (dict(json=body(candidates=DROP)), 422, "candidates"),
+    "candidates empty": (dict(json=body(candidates=[])), 422, "candidates"),
+    "too many candidates": (dict(json=body(candidates=[VALID] * (LIMITS.max_candidates + 1))), 422, "candidates"),
+    "candidates a negative number": (dict(json=body(candidates=-1)), 422, "candidates"),
+    "candidates null": (dict(json=body(candidates=None)), 422, "candidates"),
+    "candidate without category": (dict(json=body(candidates=[VALID, {"item_id": "i2"}])), 422,
+                                   "candidates[1].category"),
+    "item_id a number": (dict(json=body(candidates=[{"item_id": 7, "category": "c1"}])), 422,
+                         "candidates[0].item_id"),
+    "item_id NaN": (dict(data=b'{"user_id": "u1", "candidates": [{"item_id": NaN, "category": "c1"}]}',
+                         headers=JSON), 422, "candidates[0].item_id"),
+    "item_id empty": (dict(json=body(candidates=[{"item_id": "", "category": "c1"}])), 422, "candidates[0].item_id"),
+    "item_id huge": (dict(json=body(candidates=[{"item_id": "i" * (LIMITS.max_id_chars + 1), "category": "c1"}])),
+                     422, "candidates[0].item_id"),
+    "user_id huge": (dict(json=body(user_id="u" * 1000)), 422, "user_id"),
+    "user_id a list": (dict(json=body(user_id=["u1"])), 422, "user_id"),
+    "neither user_id nor history": (dict(json=body(user_id=DROP)), 422, "user_id"),
+    "history not a list": (dict(json=body(history="i1,i2")), 422, "history"),
+    "history too long": (dict(json=body(history=[VALID] * (LIMITS.max_history + 1))), 422, "history"),
+    "history entry with an unknown field": (dict(json=body(history=[{**VALID, "timestamp": 3}])), 422,
+                                            "history[0].timestamp"),
+    "misspelled field": (dict(json=body(histroy=[VALID])), 422, "histroy"),
+    "body over the limit": (dict(json=body(padding="x" * LIMITS.max_body_bytes)), 413, "body"),
+    # A generator body goes out chunked, without a Content-Length: the limit applies while reading.
+    "chunked body over the limit": (dict(data=lambda: (b" " * 4096 for _ in range(LIMITS.max_body_bytes // 4096 + 2)),
+                                         headers=JSON), 413, "body"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID), ids=list(INVALID))
+def test_invalid_request_gets_a_4xx_naming_the_field(server, case):
+    kwargs, status, field = INVALID[case]
+    response = server.post(**{k: v() if callable(v) else v for k, v in kwargs.items()})
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert field in [problem["field"] for problem in answer["detail"]], answer
+    assert answer["error"].startswith(field) or f"; {field}:" in answer["error"]
+
+
+def test_keeps_serving_after_invalid_requests(server, offline, catalog):
+    body = {"user_id": list(offline["a"].stored)[0], "candidates": catalog[:4]}
+    assert_scored(server.post(body), body, offline["a"])
+
+
+def test_health_model_and_docs_endpoints(server, offline):
+    health = server.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.json()["model"]["version"] == offline["a"].version
+    model = server.get("/v1/model").json()
+    manifest = offline["a"].artifact.manifest
+    assert model["name"] == "dien" and model["version"] == manifest["version"]
+    assert model["hidden"] == 8 and model["max_len"] == MAX_LEN
+    assert model["vocab_sizes"] == manifest["vocab_sizes"] and model["metrics"] == manifest["metrics"]
+    assert server.get("/docs").status_code == 200
+    schema = server.get("/openapi.json").json()
+    assert "/v1/score" in schema["paths"]
+    assert schema["components"]["schemas"]["ScoreRequest"]["properties"]["candidates"]["maxItems"] == \
+        LIMITS.max_candidates
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_user_config_changes_the_batch_size_without_a_restart(server, offline, catalog, artifacts, prepared_dataset):
+    before = server.get("/v1/model").json()["serving"]
+    server.deploy(local_config(artifacts["a"], prepared_dataset.path, **BATCHING, max_batch_size=2))
+    wait_until(lambda: server.get("/v1/model").json()["serving"]["max_batch_size"] == 2)
+    assert server.get("/v1/model").json()["serving"]["replica"] == before["replica"]
+    users = list(offline["a"].stored)[20:28]
+    bodies = [{"user_id": u, "candidates": catalog[i:i + 5]} for i, u in enumerate(users)]
+    start = threading.Barrier(len(bodies))
+    responses: dict[int, requests.Response] = {}
+
+    def fire(i: int) -> None:
+        start.wait()
+        responses[i] = server.post(bodies[i])
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, body in enumerate(bodies):
+        assert_scored(responses[i], body, offline["a"])
+    assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses.values()) <= 2
+
+
+def test_redeploying_a_new_model_under_load_fails_no_request(server, offline, catalog, artifacts, prepared_dataset):
+    body = {"user_id": list(offline["a"].stored)[5], "candidates": catalog[:10]}
+    config = local_config(artifacts["a"], prepared_dataset.path, **BATCHING)
+    new = ServeDeploySchema.model_validate(config_with_model(config.model_dump(mode="json", exclude_unset=True),
+                                                             str(artifacts["b"])))
+    with LoadProbe(server.url, body, threads=3) as probe:
+        time.sleep(0.5)
+        server.deploy(new)
+        wait_for_version(server.url, offline["b"].version, timeout_s=90)
+        time.sleep(2.0)
+    report = probe.report
+    assert report.failed == 0, report.failures
+    assert set(report.versions) == {offline["a"].version, offline["b"].version}, report.versions
+    # The new model's vocabulary numbers the items differently: tokens are translated, scores still exact.
+    assert_scored(server.post(body), body, offline["b"])
