@@ -1,10 +1,23 @@
-"""The CPU backend against the reference: outputs, final state and every input's gradient; and the dispatch."""
+"""The CPU backend against the reference: outputs, final state and every input's gradient; and the dispatch.
+
+Tests taking the ``loops`` fixture run twice: on the C++ time loops (skipped where ``make setup`` did not build
+them) and on the PyTorch loops the backend falls back to. float64 always runs the PyTorch loops.
+"""
 import pytest
 import torch
 
 from dien import kernels
 from dien.kernels import cpu
 from dien.kernels.cases import forward_backward, make_inputs, run
+
+
+@pytest.fixture(params=["extension", "pytorch"])
+def loops(request, monkeypatch):
+    if request.param == "extension" and cpu._extension() is None:
+        pytest.skip("the C++ loops are not built (make setup)")
+    if request.param == "pytorch":
+        monkeypatch.setattr(cpu, "_extension", lambda: None)
+    return request.param
 
 
 def assert_same_results(actual: dict, expected: dict, **tolerances) -> None:
@@ -14,7 +27,7 @@ def assert_same_results(actual: dict, expected: dict, **tolerances) -> None:
 
 
 @pytest.mark.parametrize("op", ["gru", "augru"])
-def test_full_size_matches_reference(op):
+def test_full_size_matches_reference(op, loops):
     """The paper's sizes: batch 128, 100 steps, input 36, hidden 36; lengths from 0 to 100, with h0."""
     case = make_inputs(128, 100, 36, 36, with_h0=True, seed=1)
     expected = forward_backward(op, case, "reference")
@@ -23,25 +36,37 @@ def test_full_size_matches_reference(op):
     assert_same_results(actual, expected, rtol=1e-4, atol=1e-4)
 
 
+ODD_SIZES = [(5, 63, 7, 13), (1, 1, 3, 2), (33, 17, 36, 108)]
+
+
 @pytest.mark.parametrize("op", ["gru", "augru"])
 @pytest.mark.parametrize("with_h0", [False, True])
-@pytest.mark.parametrize("batch, steps, inputs, hidden", [(5, 63, 7, 13), (1, 1, 3, 2), (33, 17, 36, 108)])
+@pytest.mark.parametrize("batch, steps, inputs, hidden", ODD_SIZES)
 def test_odd_sizes_match_reference_in_float64(op, with_h0, batch, steps, inputs, hidden):
     case = make_inputs(batch, steps, inputs, hidden, with_h0=with_h0, dtype=torch.float64, seed=2)
     assert_same_results(forward_backward(op, case, "cpu"), forward_backward(op, case, "reference"))
 
 
 @pytest.mark.parametrize("op", ["gru", "augru"])
-def test_zero_steps_return_the_initial_state(op):
-    case = make_inputs(4, 0, 3, 5, with_h0=True, dtype=torch.float64)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("batch, steps, inputs, hidden", ODD_SIZES)
+def test_odd_sizes_match_reference_in_float32(op, with_h0, batch, steps, inputs, hidden, loops):
+    case = make_inputs(batch, steps, inputs, hidden, with_h0=with_h0, seed=2)
+    assert_same_results(forward_backward(op, case, "cpu"), forward_backward(op, case, "reference"),
+                        rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["gru", "augru"])
+def test_zero_steps_return_the_initial_state(op, loops):
+    case = make_inputs(4, 0, 3, 5, with_h0=True)
     assert_same_results(forward_backward(op, case, "cpu"), forward_backward(op, case, "reference"))
 
 
 @pytest.mark.parametrize("op", ["gru", "augru"])
 @pytest.mark.parametrize("used", ["out", "h_last"])
-def test_gradients_when_only_one_output_is_used(op, used):
+def test_gradients_when_only_one_output_is_used(op, used, loops):
     """The backward receives None for the unused output (materialize_grads is off)."""
-    case = make_inputs(6, 9, 4, 5, with_h0=True, dtype=torch.float64, seed=3)
+    case = make_inputs(6, 9, 4, 5, with_h0=True, seed=3)
     grads = {}
     for backend in ("reference", "cpu"):
         for tensor in case.leaves().values():
@@ -49,7 +74,7 @@ def test_gradients_when_only_one_output_is_used(op, used):
         out, h_last = run(op, case, backend)
         (out if used == "out" else h_last).sum().backward()
         grads[backend] = {name: tensor.grad for name, tensor in case.leaves().items() if tensor.grad is not None}
-    assert_same_results(grads["cpu"], grads["reference"])
+    assert_same_results(grads["cpu"], grads["reference"], rtol=1e-4, atol=1e-5)
 
 
 def test_gradcheck():

@@ -1,45 +1,180 @@
 """CPU backend: the GRU/AUGRU recurrence as one ``torch.autograd.Function`` with a hand-written backward.
 
-Both cells run through one update, ``h' = h + u * (n - h)`` with ``u = a' * (1 - z)``: AUGRU uses
-``a' = att * valid``, the GRU ``a' = valid`` (``h + (1 - z)(n - h)`` is ``(1 - z) n + z h``). A padded step has
-``u = 0`` and so keeps the state exactly, and ``h_last`` is simply the state after the last step.
+Forward: the input projections of all steps are one matmul before the time loop; each step is one GEMM for the
+three recurrent gates and the fused gate math, which saves r, z, n and ``W_hn h + b_hn`` for the backward.
+Every row runs all T steps: sequences are left-aligned, so the steps after a row's length change neither its
+outputs (masked afterwards) nor its last state (gathered at its length), and the loop needs no masking.
+Backward: a reverse-time loop, one GEMM a step (``dh_{t-1} = dh_t (1 - u_t) + dG_t W_hh``) plus the gate
+derivatives from the saved gates; the weight gradients are then one matmul each over all ``T * B`` rows.
 
-Forward: the input projections of all steps are one matmul before the loop; each step is one ``addmm`` for the
-three recurrent gates and six in-place/``out=`` elementwise ops that write the gates straight into the buffers the
-backward reads, so saving them costs nothing.
-Backward: every step's gate derivatives are linear in ``dh_t``, ``dG_t = dh_t * C_t`` and
-``dh_{t-1} = dh_t * (1 - u_t) + dG_t @ W_hh``, with coefficients ``C_t`` computed for all steps at once from the
-saved gates. The reverse-time loop is then three ops and one ``addmm`` a step, and the weight gradients are one
-matmul each over all ``T * B`` rows after the loop.
+The two time loops run in a C++ extension (``cpu_recurrence.cpp``: the gate math fused into one pass, rows split
+across the intra-op threads) when ``make setup`` has built it (``python -m dien.kernels.cpu --build``), and as
+PyTorch loops otherwise (no compiler, float64, non-CPU tensors).
 
-Measured on the 2-core development machine (torch 2.13 CPU, 2 threads, B=128, T=100, I=H=36, random lengths,
-fp32; ``scripts`` of the measurement: ``python -m dien.kernels.bench --quick`` for the two backends):
+Measured on the 2-core development machine while other jobs shared it (torch 2.13 CPU, AMD EPYC; B=128, T=100,
+I=H=36, random lengths, fp32): forward + backward, best of 7-10 interleaved rounds, as the speed-up over the
+reference in the same run (the reference took 50-65 ms a pass on one thread):
 
-    option                                            GRU fwd  GRU fwd+bwd  AUGRU fwd+bwd
-    reference (per-step projections, autograd)        ~40 ms      ~95 ms       ~110 ms
-    loop with hoisted input matmul, autograd          ~19 ms      ~50 ms        ~60 ms
-    this autograd.Function                             ~6 ms      ~15 ms        ~16 ms
-    torch.compile of the step (inductor C++)          ~22 ms      ~75 ms        ~80 ms
-    C++ extension (same algorithm, fused elementwise)  ~4 ms      ~11 ms        ~12 ms
-    nn.GRU (oneDNN) on padded input, GRU only          ~5 ms      ~16 ms           n/a
+    option                                                       threads   GRU    AUGRU
+    loop with the input matmul hoisted, autograd backward           1      0.6x   0.8x
+    torch.compile of the step function (inductor)                   1      0.4x   0.5x
+    nn.GRU (oneDNN) on the padded input, GRU only                   1      1.9x   n/a
+    this Function, PyTorch loops                                    1      1.6x   1.5x
+    this Function, C++ loops (e.g. GRU 17.8 ms vs 64.3 ms)          1      3.6x   3.2x
+    this Function, C++ loops (jobs/bench_kernels.py --quick)        2      4.3x   4.9x
 
-The C++ extension wins by ~1.3x only: at these sizes the ``addmm`` calls dominate, not the Python loop.
-It would need a compiler and a ~1 min build on every fresh machine (``make setup``) for that, so this module
-stays pure PyTorch. ``torch.compile`` re-enters its guards every step and loses to eager; compiling the whole
-unrolled loop took minutes. oneDNN's GRU is as fast for the plain GRU but has no AUGRU, and one code path for
-both cells is simpler to keep exact.
+Both loop versions do the same GEMMs; what the PyTorch loops add is ~10 small elementwise calls a step plus the
+vectorized gate-derivative pass of the backward, which the C++ pass replaces. torch.compile re-enters its guards
+on every step and took ~30 s to compile the step. The C++ loops build in about 40 s with g++ and
+ninja, and loading them never compiles, so an unbuilt extension only means the slower loops; the tests run both.
+DIEN training end to end (``jobs/bench_kernels.py --quick``, 2 threads) went from 163 to 743 samples/s.
 """
 from __future__ import annotations
 
+import argparse
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import torch
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+EXTENSION_SOURCE = Path(__file__).with_name("cpu_recurrence.cpp")
+EXTENSION_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-march=native"]
+
+
+def extension_name() -> str:
+    """The extension's module name; it changes with the source and torch, so a stale build is never loaded."""
+    digest = hashlib.sha256(EXTENSION_SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    return f"dien_cpu_recurrence_{digest}"
+
+
+def extension_dir() -> Path:
+    """Where the extension is built: ``DIEN_EXTENSION_DIR``, else ``dien-extensions`` in the environment."""
+    return Path(os.environ.get("DIEN_EXTENSION_DIR") or Path(sys.prefix) / "dien-extensions") / extension_name()
+
+
+def build_extension(verbose: bool = False) -> ModuleType:
+    """Compile the C++ time loops (needs a C++ compiler and ninja; about a minute on 2 cores)."""
+    from torch.utils.cpp_extension import load
+
+    # ninja installed with pip into the environment is not on PATH unless the environment is activated.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    directory = extension_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    return load(extension_name(), [str(EXTENSION_SOURCE)], extra_cflags=EXTENSION_FLAGS,
+                build_directory=str(directory), verbose=verbose)
+
+
+@functools.cache
+def _extension() -> ModuleType | None:
+    """The built extension, or None: loading never compiles, so a missing build costs nothing at run time."""
+    path = extension_dir() / f"{extension_name()}.so"
+    if not path.exists():
+        logger.info("dien CPU extension not built (%s); using the PyTorch time loops", path)
+        return None
+    spec = importlib.util.spec_from_file_location(extension_name(), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _uses_extension(tensor: Tensor) -> bool:
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and _extension() is not None
+
+
+def _forward_loop(gi: Tensor, att: Tensor | None, h0: Tensor, weight_hh: Tensor,
+                  bias_hh: Tensor) -> tuple[Tensor, Tensor]:
+    """All steps of the recurrence.
+
+    gi [T, B, 3H]: input projections (b_ih included); att [T, B] or None (GRU); h0 [B, H].
+    Returns states [T + 1, B, H] (states[t] is the state before step t) and gates [T, B, 4H]: r, z, n and
+    ``W_hn h + b_hn`` of every step.
+    """
+    if _uses_extension(gi):
+        return tuple(_extension().forward(gi, gi.new_empty(0) if att is None else att, h0, weight_hh, bias_hh))
+    steps, batch, _ = gi.shape
+    hidden = weight_hh.shape[1]
+    gi = gi.view(steps, batch, 3, hidden)
+    gates = gi.new_empty(steps, batch, 4, hidden)
+    states = gi.new_empty(steps + 1, batch, hidden)
+    states[0] = h0
+    gh = gi.new_empty(batch, 3, hidden)
+    weight_hh_t = weight_hh.t()
+    # Per-step views made once: indexing inside the loop would cost about as much as the step's arithmetic.
+    per_step = zip(gi[:, :, :2].unbind(0), gi[:, :, 2].unbind(0), gates[:, :, :2].unbind(0),
+                   gates[:, :, 0].unbind(0), gates[:, :, 1].unbind(0), gates[:, :, 2].unbind(0),
+                   gates[:, :, 3].unbind(0), states[1:].unbind(0),
+                   [None] * steps if att is None else att.unsqueeze(2).unbind(0))
+    h = states[0]
+    for gi_rz, gi_n, rz, r, z, n, hn, state, a in per_step:
+        torch.addmm(bias_hh, h, weight_hh_t, out=gh.view(batch, 3 * hidden))
+        torch.add(gi_rz, gh[:, :2], out=rz).sigmoid_()
+        hn.copy_(gh[:, 2])
+        torch.addcmul(gi_n, r, hn, out=n).tanh_()
+        if a is None:
+            h = torch.lerp(n, h, z, out=state)  # (1 - z) n + z h
+        else:
+            h = torch.lerp(h, n, torch.addcmul(a, a, z, value=-1), out=state)  # u = a (1 - z)
+    return states, gates.view(steps, batch, 4 * hidden)
+
+
+def _backward_loop(gates: Tensor, states: Tensor, att: Tensor | None, injected: Tensor,
+                   weight_hh: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """All steps of the backward.
+
+    gates, states: from :func:`_forward_loop`; injected [T, B, H]: what the outputs send to the state after
+    each step. Returns the gradients of the hidden projections [T, B, 3H], of the input projection of n
+    [T, B, H] (those of r and z equal the hidden ones), of att [T, B] (None for the GRU) and of h0 [B, H].
+    """
+    if _uses_extension(gates):
+        grad_gh, grad_gi_n, grad_att, grad_h0 = _extension().backward(
+            gates, states, gates.new_empty(0) if att is None else att, injected, weight_hh)
+        return grad_gh, grad_gi_n, None if att is None else grad_att, grad_h0
+    steps, batch, _ = injected.shape
+    hidden = weight_hh.shape[1]
+    r, z, n, hn = gates.view(steps, batch, 4, hidden).unbind(2)
+    diff = n - states[:-1]
+    a = None if att is None else att.unsqueeze(2)
+    update = 1 - z if a is None else a * (1 - z)
+    d_n = update * (1 - n * n)  # d(pre-activation of n) / dh_t
+    # Every gate gradient is linear in dh_t: dG_h = dh_t * coef (gate order r, z, n).
+    coef = gates.new_empty(steps, batch, 3, hidden)
+    torch.mul(d_n * hn, r * (1 - r), out=coef[:, :, 0])
+    torch.mul(diff if a is None else a * diff, z * (z - 1), out=coef[:, :, 1])
+    torch.mul(d_n, r, out=coef[:, :, 2])
+    keep = 1 - update
+
+    grad_gh = gates.new_empty(steps, batch, 3, hidden)
+    dstate = torch.empty_like(injected)  # total gradient of the state after step t
+    per_step = list(zip(dstate.unbind(0), grad_gh.unbind(0), grad_gh.view(steps, batch, 3 * hidden).unbind(0),
+                        coef.unbind(0), keep.unbind(0), injected.unbind(0)))
+    grad_h0 = injected.new_zeros(batch, hidden)
+    if steps:
+        dh = dstate[-1].copy_(injected[-1])
+    for t in range(steps - 1, -1, -1):
+        _, grad_t, grad_flat, coef_t, keep_t, _ = per_step[t]
+        torch.mul(dh.unsqueeze(1), coef_t, out=grad_t)
+        if t:
+            dstate_before, *_, injected_before = per_step[t - 1]
+            dh = torch.addmm(torch.addcmul(injected_before, dh, keep_t), grad_flat, weight_hh, out=dstate_before)
+        else:
+            grad_h0 = torch.addmm(dh * keep_t, grad_flat, weight_hh)
+    grad_att = None if a is None else (dstate * diff * (1 - z)).sum(2)
+    return grad_gh.view(steps, batch, 3 * hidden), dstate * d_n, grad_att, grad_h0
 
 
 class Recurrence(torch.autograd.Function):
     """``(out [B, T, H], h_last [B, H])`` of the GRU (``att`` None) or the AUGRU, see module docstring.
 
-    Internally time-major ([T, B, ...]) so that every step reads and writes contiguous [B, ...] blocks:
-    strided operands make ``addmm`` copy them, which costs more than the step's arithmetic.
+    Internally time-major ([T, B, ...]) so that every step reads and writes contiguous [B, ...] blocks.
     """
 
     @staticmethod
@@ -48,99 +183,50 @@ class Recurrence(torch.autograd.Function):
         batch, steps, inputs = x.shape
         hidden = weight_hh.shape[1]
         lengths = lengths.to(x.device)
-        # tanh(p) = 2 sigmoid(2p) - 1, and sigmoid is ~5x cheaper than tanh on CPU: double the n-gate rows.
-        doubled = torch.ones(3 * hidden, 1, dtype=x.dtype, device=x.device)
-        doubled[2 * hidden:] = 2
-        minus_one = x.new_full((), -1.0)
-
         x_steps = x.transpose(0, 1).reshape(steps * batch, inputs)
-        gi = torch.addmm(bias_ih * doubled[:, 0], x_steps, (weight_ih * doubled).t()).view(steps, batch, 3, hidden)
-        gh = x.new_empty(steps, batch, 3, hidden)  # h W_hh^T + b_hh, n chunk doubled
-        rz = x.new_empty(steps, batch, 2, hidden)
-        n = x.new_empty(steps, batch, hidden)
-        states = x.new_empty(steps + 1, batch, hidden)  # states[t] is the state before step t
-        states[0] = 0 if h0 is None else h0
-        att_steps = None if att is None else att.t().unsqueeze(2).contiguous()  # [T, B, 1]
-        weight_hh_t = (weight_hh * doubled).t()
-        bias_hh_doubled = bias_hh * doubled[:, 0]
-        # Per-step views made once: indexing inside the loop would cost about as much as the step's arithmetic.
-        per_step = zip(gi[:, :, :2].unbind(0), gi[:, :, 2].unbind(0), gh.view(steps, batch, 3 * hidden).unbind(0),
-                       gh[:, :, :2].unbind(0), gh[:, :, 2].unbind(0), rz.unbind(0), rz[:, :, 0].unbind(0),
-                       rz[:, :, 1].unbind(0), n.unbind(0), states[1:].unbind(0),
-                       [None] * steps if att is None else att_steps.unbind(0))
-        h = states[0]
-        # Every row runs all T steps: sequences are left-aligned, so the steps after a row's length change
-        # neither its valid outputs nor (gathered below) its last state, and the loop needs no masking.
-        for gi_rz, gi_n, gh_t, gh_rz, gh_n, rz_t, r_t, z_t, n_t, state, a_t in per_step:
-            torch.addmm(bias_hh_doubled, h, weight_hh_t, out=gh_t)
-            torch.add(gi_rz, gh_rz, out=rz_t).sigmoid_()
-            torch.addcmul(gi_n, r_t, gh_n, out=n_t).sigmoid_()
-            torch.add(minus_one, n_t, alpha=2, out=n_t)
-            if a_t is None:
-                h = torch.lerp(n_t, h, z_t, out=state)  # (1 - z) n + z h
-            else:
-                h = torch.lerp(h, n_t, torch.addcmul(a_t, a_t, z_t, value=-1), out=state)  # u = a (1 - z)
+        gi = torch.addmm(bias_ih, x_steps, weight_ih.t()).view(steps, batch, 3 * hidden)
+        att_steps = None if att is None else att.t().contiguous()
+        h_init = x.new_zeros(batch, hidden) if h0 is None else h0.contiguous()
+        weight_hh = weight_hh.contiguous()
+        states, gates = _forward_loop(gi, att_steps, h_init, weight_hh, bias_hh.contiguous())
 
         valid = torch.arange(steps, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)  # [T, B]
         out = torch.where(valid.t().unsqueeze(2), states[1:].transpose(0, 1), 0).contiguous()
         h_last = states[lengths, torch.arange(batch, device=x.device)]
         ctx.set_materialize_grads(False)
         ctx.has_h0 = h0 is not None
-        ctx.save_for_backward(x_steps, att_steps, lengths, valid, weight_ih, weight_hh, gh, rz, n, states)
+        ctx.save_for_backward(x_steps, att_steps, lengths, valid, weight_ih, weight_hh, gates, states)
         return out, h_last
 
     @staticmethod
     def backward(ctx, grad_out: Tensor | None, grad_h_last: Tensor | None):
-        x_steps, att_steps, lengths, valid, weight_ih, weight_hh, gh, rz, n, states = ctx.saved_tensors
-        steps, batch, hidden = n.shape
+        x_steps, att_steps, lengths, valid, weight_ih, weight_hh, gates, states = ctx.saved_tensors
+        steps, batch, hidden = states.shape[0] - 1, states.shape[1], states.shape[2]
         needs = ctx.needs_input_grad
-        h_prev = states[:-1]
-        r, z, hn = rz[:, :, 0], rz[:, :, 1], gh[:, :, 2] * 0.5
-        diff = n - h_prev
-        if att_steps is None:
-            update, keep, z_scale = 1 - z, z, -diff
+        # The outputs reach each state through out at valid steps and through h_last at the row's last valid
+        # step (an empty row's h_last is h0 itself); nothing reaches the steps after a row's length.
+        if grad_out is None:
+            injected = states.new_zeros(steps, batch, hidden)
         else:
-            update = att_steps * (1 - z)
-            keep, z_scale = 1 - update, -att_steps * diff
-        dn_pre = update * (1 - n * n)  # d(pre-activation of n) / dh_t = u (1 - n^2)
-        coef = torch.empty_like(gh)  # dG_h = dh_t * coef, gate order r, z, n
-        torch.mul(dn_pre * hn, r * (1 - r), out=coef[:, :, 0])
-        torch.mul(z_scale, z * (1 - z), out=coef[:, :, 1])
-        torch.mul(dn_pre, r, out=coef[:, :, 2])
-
-        # What the outputs send to each state: out at valid steps, h_last at the row's last valid step
-        # (or straight to h0 for an empty row). Nothing reaches the steps after a row's length.
-        injected = n.new_zeros(steps, batch, hidden) if grad_out is None else grad_out.transpose(0, 1) * valid.unsqueeze(2)
-        rows = torch.arange(batch, device=n.device)
+            injected = (grad_out.transpose(0, 1) * valid.unsqueeze(2)).contiguous()
+        rows = torch.arange(batch, device=states.device)
         if grad_h_last is not None and steps:
             injected.index_put_(((lengths - 1).clamp(min=0), rows), grad_h_last * (lengths > 0).unsqueeze(1),
                                 accumulate=True)
-        gates = torch.empty_like(gh)
-        dstate = torch.empty_like(n)  # total gradient of the state after step t
-        dh = dstate[steps - 1].copy_(injected[steps - 1]) if steps else n.new_zeros(batch, hidden)
-        per_step = list(zip(dstate.unbind(0), gates.unbind(0), gates.view(steps, batch, 3 * hidden).unbind(0),
-                            coef.unbind(0), keep.unbind(0), injected.unbind(0)))
-        for t in range(steps - 1, -1, -1):
-            _, gates_t, gates_flat, coef_t, keep_t, _ = per_step[t]
-            torch.mul(dh.unsqueeze(1), coef_t, out=gates_t)
-            if t:
-                previous = per_step[t - 1]
-                dh = torch.addmm(torch.addcmul(previous[5], dh, keep_t), gates_flat, weight_hh, out=previous[0])
-            else:
-                dh = torch.addmm(dh * keep_t, gates_flat, weight_hh)
+        grad_gh, grad_gi_n, grad_att, grad_h0 = _backward_loop(gates, states, att_steps, injected, weight_hh)
 
-        flat = gates.view(steps * batch, 3 * hidden)
-        grad_weight_hh = flat.t() @ h_prev.reshape(steps * batch, hidden) if needs[4] else None
+        flat = grad_gh.view(steps * batch, 3 * hidden)
+        grad_weight_hh = flat.t() @ states[:-1].reshape(steps * batch, hidden) if needs[4] else None
         grad_bias_hh = flat.sum(0) if needs[6] else None
-        # The input gates differ from the hidden ones in the n chunk only: dG_i,n = dh u (1 - n^2).
-        torch.mul(dstate, dn_pre, out=gates[:, :, 2])
+        grad_gh.view(steps, batch, 3, hidden)[:, :, 2] = grad_gi_n  # now the input projections' gradient
         grad_weight_ih = flat.t() @ x_steps if needs[3] else None
         grad_bias_ih = flat.sum(0) if needs[5] else None
         grad_x = (flat @ weight_ih).view(steps, batch, x_steps.shape[1]).transpose(0, 1) if needs[0] else None
-        grad_att = (dstate * diff * (1 - z)).sum(2).t() if att_steps is not None and needs[1] else None
-        grad_h0 = None
-        if ctx.has_h0 and needs[7]:
-            grad_h0 = dh if grad_h_last is None else dh + grad_h_last * (lengths == 0).unsqueeze(1)
+        grad_att = grad_att.t() if grad_att is not None and needs[1] else None
+        if not (ctx.has_h0 and needs[7]):
+            grad_h0 = None
+        elif grad_h_last is not None:
+            grad_h0 = grad_h0 + grad_h_last * (lengths == 0).unsqueeze(1)
         return grad_x, grad_att, None, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_h0
 
 
@@ -154,3 +240,11 @@ def augru(x: Tensor, att: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh:
           bias_hh: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """AUGRU (paper Eq. 11-12); ``att`` [B, T]."""
     return Recurrence.apply(x, att, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Build the CPU backend's C++ time loops.")
+    parser.add_argument("--build", action="store_true", help="compile the extension into extension_dir()")
+    if parser.parse_args().build:
+        build_extension(verbose=True)
+        print(f"built {extension_dir()}")
