@@ -109,3 +109,18 @@ def test_collate_pads_left_aligned_histories():
         assert batch.hist_item[b, : len(history)].tolist() == history
         assert torch.all(batch.hist_item[b, len(history):] == 0)
     assert batch.label.dtype == torch.float32
+
+
+def test_synthetic_taste_walks_along_each_category():
+    config = SyntheticConfig(n_users=100, n_items=200, n_categories=4, noise=0.0, taste_step=2, block_size=100)
+    events = generate(config)
+    per_cat = config.items_per_category
+    steps = {}
+    for user, item in zip(events.column("user_id").to_pylist(), events.column("item_id").to_pylist()):
+        index = int(item[1:])
+        steps.setdefault((user, index // per_cat), []).append(index % per_cat)
+    pairs = [(a, b) for ranks in steps.values() for a, b in zip(ranks, ranks[1:])]
+    assert len(pairs) > 500
+    # Away from the ends of the item line (where the walk reflects) every move is taste_step items.
+    inner = [b - a for a, b in pairs if 2 <= a <= per_cat - 3 and 2 <= b <= per_cat - 3]
+    assert len(inner) > 400 and all(abs(move) == 2 for move in inner)

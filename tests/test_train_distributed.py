@@ -1,10 +1,15 @@
 """Ray Train: two CPU workers learn, a killed worker resumes from its checkpoint, a re-run resumes."""
 import math
 
+import pyarrow.compute as pc
 import pytest
 
 from dien.artifacts import load_artifact
-from dien.train.distributed import FAIL_AT_STEP_ENV, ClusterConfig, TrainJob, export_artifact, run_training
+from dien.data.local import build_local_dataset
+from dien.data.samples import SampleConfig
+from dien.data.synthetic import SyntheticConfig, generate
+from dien.train.distributed import (FAIL_AT_STEP_ENV, ClusterConfig, TrainJob, export_artifact, length_bucketed,
+                                    run_training)
 from dien.train.evaluate import evaluate_artifact
 from dien.train.loop import TrainConfig
 
@@ -57,3 +62,16 @@ def test_killed_worker_resumes_from_checkpoint_then_rerun_resumes(prepared_datas
     assert rerun.error is None
     assert rerun.metrics["resumed_from_step"] == per_epoch
     assert rerun.metrics["global_step"] == 2 * per_epoch
+
+
+def test_length_buckets_keep_every_row_and_group_similar_lengths():
+    events = generate(SyntheticConfig(n_users=100, n_items=100, n_categories=10, min_events=2, max_events=40))
+    table = build_local_dataset(events, SampleConfig(protocol="sliding", max_len=30)).splits["train"]
+    chunks = [table.slice(start, 50) for start in range(0, table.num_rows, 50)]
+    batches = list(length_bucketed(iter(chunks), batch_size=50, window=4))
+    assert sum(b.num_rows for b in batches) == table.num_rows
+    assert sorted(pc.list_value_length(table.column("hist_item")).to_pylist()) == sorted(
+        n for b in batches for n in pc.list_value_length(b.column("hist_item")).to_pylist())
+    spread = [max(n) - min(n) for b in batches for n in [pc.list_value_length(b.column("hist_item")).to_pylist()]]
+    unbucketed = [max(n) - min(n) for c in chunks for n in [pc.list_value_length(c.column("hist_item")).to_pylist()]]
+    assert sum(spread) < 0.5 * sum(unbucketed)

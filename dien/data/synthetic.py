@@ -56,6 +56,11 @@ class SyntheticConfig:
     """Successor categories per category: the fewer, the more predictable a drift is."""
     noise: float = 0.1
     """Probability that an event ignores the current interest (an item by global popularity)."""
+    taste_step: int = 0
+    """0: an event's item is drawn by in-category popularity. k > 0: a user's taste *evolves* inside each
+    category: successive events there walk along the category's items, k items per event in a direction
+    of the user's own, so the next item depends on the order of the past ones (a bag of them shows the
+    visited stretch but not which end is the current one)."""
     zipf: float = 1.0
     """Zipf exponent of category popularity and of item popularity inside a category."""
     mean_gap_seconds: float = 86_400.0
@@ -109,6 +114,28 @@ class Catalog:
         return cls(category_probs, _zipf(config.items_per_category, config.zipf), successors)
 
 
+def _taste_positions(rng: np.random.Generator, user: np.ndarray, category: np.ndarray, n_users: int,
+                     config: SyntheticConfig) -> np.ndarray:
+    """Item ranks of a user's successive events in each category: a walk along the category's item line from a
+    random start in a random direction, ``taste_step`` items per event, reflected at the ends.
+
+    ``user`` and ``category`` are [N] in time order; returns [N] ranks.
+    """
+    per_cat = config.items_per_category
+    start = rng.integers(per_cat, size=(n_users, config.n_categories))
+    direction = rng.choice([-1, 1], size=(n_users, config.n_categories))
+    key = user * config.n_categories + category
+    order = np.argsort(key, kind="stable")
+    first = np.concatenate([[True], key[order][1:] != key[order][:-1]])
+    group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+    visit = np.empty(len(order), dtype=np.int64)
+    visit[order] = np.arange(len(order)) - group_start
+    position = start[user, category] + direction[user, category] * config.taste_step * visit
+    period = max(2 * (per_cat - 1), 1)
+    folded = position % period
+    return np.where(folded < per_cat, folded, period - folded)
+
+
 def generate_block(config: SyntheticConfig, block: int, catalog: Catalog | None = None) -> pa.Table:
     """Raw events (``RAW_EVENT_SCHEMA``) of the users in block ``block``, each user's in time order."""
     catalog = catalog or Catalog.build(config)
@@ -137,6 +164,9 @@ def generate_block(config: SyntheticConfig, block: int, catalog: Catalog | None 
     noisy = rng.random(len(user)) < config.noise
     category[noisy] = rng.choice(config.n_categories, size=int(noisy.sum()), p=catalog.category_probs)
     rank = rng.choice(per_cat, size=len(user), p=catalog.item_probs_in_category)
+    if config.taste_step:
+        walked = ~noisy
+        rank[walked] = _taste_positions(rng, user[walked], category[walked], n_users, config)
     item = category * per_cat + rank
 
     gaps = 1 + rng.exponential(config.mean_gap_seconds, size=len(user)).astype(np.int64)

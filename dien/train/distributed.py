@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
@@ -98,7 +99,7 @@ def length_bucketed(tables: Iterator[pa.Table], batch_size: int, window: int) ->
 
     def flush() -> Iterator[pa.Table]:
         rows = pa.concat_tables(pending)
-        order = np.argsort(pa.compute.list_value_length(rows.column("hist_item")).to_numpy(), kind="stable")
+        order = np.argsort(pc.list_value_length(rows.column("hist_item")).to_numpy(), kind="stable")
         rows = rows.take(order)
         starts = list(range(0, rows.num_rows, batch_size))
         for start in rng.permutation(starts):
