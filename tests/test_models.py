@@ -2,10 +2,12 @@
 import pytest
 import torch
 
+from dien import kernels
 from dien.data.batch import Batch
+from dien.kernels import reference
 from dien.model import MODELS, ModelConfig, build_model
 from dien.model.attention import BilinearAttention, MLPAttention
-from dien.model.interest import InterestExtractor
+from dien.model.interest import InterestExtractor, agru_weights
 from dien.train.loop import TrainConfig, iterate_batches, make_optimizer, train_step
 
 
@@ -113,3 +115,14 @@ def test_every_model_loss_falls(name, small_dataset):
     for _ in range(6):
         last = sum(train_step(model, b, optimizer, config).loss for b in batches)
     assert last < 0.9 * first, (first, last)
+
+
+def test_agru_through_the_augru_kernel_is_paper_eq_10():
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(5, 6, batch_first=True)
+    weights = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
+    x, att, lengths = torch.randn(4, 7, 5), torch.rand(4, 7), torch.tensor([7, 0, 3, 5])
+    expected, expected_h = reference.recurrence(x, att, lengths, *weights, update=reference.agru_update)
+    out, h_last = kernels.augru(x, att, lengths, *agru_weights(*weights))
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(h_last, expected_h)

@@ -83,9 +83,24 @@ class InterestEvolution(nn.Module):
         att = self.attention(query, states, lengths)
         if self.kind == "augru":
             _, final = kernels.augru(states, att, lengths, *weights)
+        elif self.kind == "agru":
+            _, final = kernels.augru(states, att, lengths, *agru_weights(*weights))
         elif self.kind == "aigru":
             _, final = kernels.gru(states * att.unsqueeze(2), lengths, *weights)
         else:
-            update = reference.agru_update if self.kind == "agru" else reference.augru_official_update
-            _, final = reference.recurrence(states, att, lengths, *weights, update=update)
+            _, final = reference.recurrence(states, att, lengths, *weights, update=reference.augru_official_update)
         return final
+
+
+def agru_weights(weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor) -> tuple[Tensor, ...]:
+    """Weights that make the AUGRU kernel compute AGRU (paper Eq. 10).
+
+    AGRU is AUGRU with the update gate fixed at 1: zeroing the z rows and giving them a bias of -40 in
+    total makes z = sigmoid(-40) ~ 4e-18, so 1 - z is exactly 1 in fp32 and bf16 while nothing overflows,
+    and the fast kernels apply. The z rows receive zero gradient.
+    """
+    hidden = weight_hh.shape[1]
+    keep = torch.ones(3 * hidden, 1, dtype=weight_ih.dtype, device=weight_ih.device)
+    keep[hidden : 2 * hidden] = 0
+    shift = (1 - keep.squeeze(1)) * -20.0
+    return weight_ih * keep, weight_hh * keep, bias_ih * keep.squeeze(1) + shift, bias_hh * keep.squeeze(1) + shift
