@@ -40,23 +40,23 @@ START_TIME = 1_500_000_000
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    n_users: int = 20_000
+    n_users: int = 30_000
     """Number of users."""
-    n_items: int = 4_000
+    n_items: int = 1_000
     """Number of items (rounded down to a multiple of ``n_categories``)."""
-    n_categories: int = 100
+    n_categories: int = 20
     """Number of categories."""
     min_events: int = 20
     """Fewest events per user."""
     max_events: int = 60
     """Most events per user (the count is uniform in [min_events, max_events])."""
-    drift: float = 0.15
+    drift: float = 0.2
     """Probability, after each event, that the user's interest moves to a successor category."""
-    successors: int = 3
+    successors: int = 2
     """Successor categories per category: the fewer, the more predictable a drift is."""
-    noise: float = 0.1
+    noise: float = 0.05
     """Probability that an event ignores the current interest (an item by global popularity)."""
-    taste_step: int = 0
+    taste_step: int = 1
     """0: an event's item is drawn by in-category popularity. k > 0: a user's taste *evolves* inside each
     category: successive events there walk along the category's items, k items per event in a direction
     of the user's own, so the next item depends on the order of the past ones (a bag of them shows the
