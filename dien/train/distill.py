@@ -9,7 +9,8 @@ click and auxiliary losses and the hint reaching only the student.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,6 +87,10 @@ class DistillJob(TrainJob):
             raise ValueError(f"unknown distillation mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.mode == "frozen" and not self.teacher:
             raise ValueError("frozen distillation needs a teacher artifact (--teacher)")
+
+    def with_absolute_paths(self) -> "DistillJob":
+        job = super().with_absolute_paths()
+        return replace(job, teacher=str(Path(self.teacher).resolve())) if self.teacher else job
 
     def build(self, dataset: DatasetDir) -> CTRModel:
         student = build_model(self.model, self.model_config(dataset))

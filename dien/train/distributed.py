@@ -74,6 +74,11 @@ class TrainJob:
     fail_at_step: int | None = None
     """Test-only failure injection (see FAIL_AT_STEP_ENV)."""
 
+    def with_absolute_paths(self) -> "TrainJob":
+        """The job with its paths made absolute: workers do not run in the driver's directory."""
+        cluster = replace(self.cluster, storage=str(Path(self.cluster.storage).resolve()))
+        return replace(self, data=str(Path(self.data).resolve()), cluster=cluster)
+
     def model_config(self, dataset: DatasetDir) -> ModelConfig:
         return resolve_config(self.model, ModelConfig(dataset.n_items, dataset.n_cats, **self.model_options))
 
@@ -265,9 +270,9 @@ def run_training(job: TrainJob):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cluster = replace(job.cluster, storage=str(Path(job.cluster.storage).resolve()))
     fail_at = os.environ.get(FAIL_AT_STEP_ENV)
-    job = replace(job, cluster=cluster, fail_at_step=int(fail_at) if fail_at else job.fail_at_step)
+    job = replace(job.with_absolute_paths(), fail_at_step=int(fail_at) if fail_at else job.fail_at_step)
+    cluster = job.cluster
     dataset = DatasetDir(job.data)
     connect()
     trainer = TorchTrainer(
