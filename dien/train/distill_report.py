@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dien.artifacts import load_artifact
 from dien.cluster import connect
 from dien.data.batch import collate
@@ -42,6 +44,10 @@ class DistillReportConfig:
 
 
 def _train(job: TrainJob, out: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Train and export ``job``, or reuse the artifact already at ``out`` (delete it to retrain)."""
+    if (out / "manifest.json").exists():
+        logger.info("reusing %s", out)
+        return out
     result = run_training(job)
     if result.error:
         raise RuntimeError(f"run {job.cluster.run_name} failed: {result.error}")
@@ -76,6 +82,9 @@ def run_report(config: DistillReportConfig) -> dict[str, Any]:
                      out / "scratch")
 
     probe = collate(dataset.read_split("test").slice(0, config.requests))
+    # Per-core cost, as a scorer replica with torch_threads=1 pays it (and steady on a shared machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     rows = []
     for role, path in (("teacher", teacher), ("distilled student", student), ("student from scratch", scratch)):
         artifact = load_artifact(path)
@@ -83,6 +92,7 @@ def run_report(config: DistillReportConfig) -> dict[str, Any]:
                      **evaluate_artifact(artifact, dataset),
                      "candidates_per_second": candidates_per_second(artifact.model, probe,
                                                                     config.candidates_per_request)})
+    torch.set_num_threads(threads)
     by_role = {r["role"]: r for r in rows}
     teacher_row, student_row = by_role["teacher"], by_role["distilled student"]
     goals = {
