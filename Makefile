@@ -3,7 +3,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CPU_EXTENSION := $(VENV)/.dien-cpu-extension
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo compare benchmark-qps cluster-up cluster-down clean
 
 # Re-installs only when the package definition changes.
 setup: $(STAMP) $(CPU_EXTENSION)
@@ -25,8 +25,26 @@ $(CPU_EXTENSION): $(STAMP) dien/kernels/cpu_recurrence.cpp
 test: setup
 	$(PYTHON) -m pytest -q
 
+# The whole platform on a local cluster: cluster-up, ray job submit (prepare, teacher, student, evaluate),
+# serve deploy, scoring requests, a 20-second QPS run, cluster-down (also when a step fails).
 demo: setup
-	$(PYTHON) jobs/compare_models.py --preset demo --out runs/demo
+	$(PYTHON) jobs/demo.py
+
+# DIEN against the paper's baselines on synthetic data (test AUC table).
+compare: setup
+	$(PYTHON) jobs/compare_models.py --preset demo --out runs/compare
+
+# Serving throughput on an embedded Ray (no-op ceiling, batching on/off, teacher/student, kernels);
+# QPS_ARGS=--quick for a short run, QPS_ARGS="--url http://127.0.0.1:8000" for a running deployment.
+benchmark-qps: setup
+	$(PYTHON) jobs/benchmark_qps.py $(QPS_ARGS)
+
+# A local Ray head from $(VENV) with the dashboard and token authentication (NUM_CPUS=4 by default).
+cluster-up: setup
+	VENV=$(VENV) bash platform/cluster-up.sh
+
+cluster-down:
+	VENV=$(VENV) bash platform/cluster-down.sh
 
 clean:
 	rm -rf runs data artifacts

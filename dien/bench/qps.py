@@ -1,0 +1,321 @@
+"""The serving throughput benchmark (``make benchmark-qps``, ``jobs/benchmark_qps.py``).
+
+Local mode deploys the application of ``serve_configs/local.yaml`` on an embedded Ray as five applications
+side by side, each under its own route prefix, and drives them with the same requests
+(:mod:`dien.bench.workload`) through :mod:`dien.bench.load`:
+
+==========================  =====================================================  ======================
+variant                     what it is                                             request sizes
+==========================  =====================================================  ======================
+no-op                       same ingress and request parsing, fixed scores         every size
+student                     the config as it is (batching on)                      every size, open loop
+student, batching off       ``max_batch_size: 1``                                  largest, open loop
+teacher                     the hidden-108 model                                   largest
+student, reference kernels  ``DIEN_KERNEL=reference`` on the scorer replicas       largest
+==========================  =====================================================  ======================
+
+Every concurrency level of the closed-loop sweep measures the variants one after the other before moving on,
+and so does every open-loop rate (fractions of the batched student's best requests/s): variants compared
+with each other are measured within a minute of each other, so a drifting background load (another job on
+the same cores) shifts them alike. Idle applications cost next to nothing meanwhile.
+URL mode measures a deployment that is already running (closed loop, optionally open loop), nothing else.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import ray
+
+from dien.bench.deploy import LocalServe, Variant, load_config, logical_cpus, variants_config
+from dien.bench.load import LoadResult, LoadSettings, measure
+from dien.bench.models import SmallModels, ensure_artifact, ensure_dataset
+from dien.bench.workload import score_bodies
+from dien.cluster import default_local_cpus
+
+logger = logging.getLogger(__name__)
+
+THROUGHPUT_OPTIMIZED_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # Direct ingress (part of the throughput-optimized mode) lets a replaced ingress replica drain for 30 s
+    # by default; variants replace each other here, with no traffic left to drain.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+}
+"""What ``throughput_optimized`` sets in the embedded Ray's environment (before it starts)."""
+
+NOOP = "no-op"
+STUDENT = "student"
+UNBATCHED = "student, batching off"
+TEACHER = "teacher"
+REFERENCE = "student, reference kernels"
+TARGET = "target"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where the requests and models come from."""
+
+    data: str = "data/synthetic"
+    """Prepared dataset: requests' users (its user histories) and candidates (its item vocabulary)."""
+    student: str = "artifacts/student"
+    """Student artifact (hidden 32)."""
+    teacher: str = "artifacts/teacher"
+    """Teacher artifact (hidden 108)."""
+    cache: str = "runs/benchmark_qps/cache"
+    """Where missing inputs are made (and found by later runs) when the paths above are the defaults."""
+    small: SmallModels = SmallModels()
+    """How missing inputs are made."""
+
+
+@dataclass(frozen=True)
+class QpsConfig:
+    inputs: Inputs = Inputs()
+    serve_config: str = "serve_configs/local.yaml"
+    """The Serve config whose variants are deployed (local mode)."""
+    url: str | None = None
+    """Measure the deployment running at this URL instead of deploying (URL mode)."""
+    candidates: tuple[int, ...] = (1, 100)
+    """Candidates per request; local mode compares every variant at the largest, no-op and student at all."""
+    concurrency: tuple[int, ...] = (1, 8, 32, 64)
+    """Closed-loop concurrency levels of every sweep."""
+    open_fractions: tuple[float, ...] = (0.5, 0.8)
+    """Local mode: open-loop rates as fractions of the batched student's best requests/s (largest requests)."""
+    rates: tuple[float, ...] = ()
+    """Open-loop rates in requests/s (URL mode; in local mode they replace ``open_fractions``)."""
+    load: LoadSettings = LoadSettings()
+    bodies: int = 512
+    """Distinct request bodies per request size."""
+    throughput_optimized: bool = True
+    """Local mode: start Ray with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (gRPC between deployments, direct ingress)."""
+    port: int | None = None
+    """Local mode: HTTP port (default: a free one); always on 127.0.0.1."""
+    out: str = "runs/benchmark_qps"
+
+
+QUICK = QpsConfig(concurrency=(8, 32), open_fractions=(0.6,), load=LoadSettings(duration_s=4.0, warmup_s=1.0))
+"""``--quick``: two concurrency levels, one open-loop rate, shorter windows (about 3 minutes with models)."""
+
+
+@dataclass
+class Row:
+    """One measurement of one variant."""
+
+    variant: str
+    result: LoadResult
+
+
+@dataclass
+class Goal:
+    name: str
+    met: bool
+    measured: str
+    """What was measured, in words and numbers."""
+
+
+@dataclass
+class QpsReport:
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    models: dict[str, Any] = field(default_factory=dict)
+    """Variant -> the artifact it served (path, hidden size)."""
+    rows: list[Row] = field(default_factory=list)
+    goals: list[Goal] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def results(self, variant: str, candidates: int, mode: str = "closed") -> list[LoadResult]:
+        return [r.result for r in self.rows
+                if r.variant == variant and r.result.candidates == candidates and r.result.mode == mode]
+
+    def best(self, variant: str, candidates: int) -> LoadResult | None:
+        """The closed-loop measurement with the most requests/s."""
+        found = self.results(variant, candidates)
+        return max(found, key=lambda r: r.requests_per_s) if found else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "environment": self.environment, "models": self.models,
+                "seconds": round(self.seconds, 1),
+                "goals": [asdict(g) for g in self.goals],
+                "results": [{"variant": r.variant, **r.result.as_dict()} for r in self.rows]}
+
+
+def _environment(config: QpsConfig) -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(), "ray": ray.__version__, "machine": platform.machine(),
+            "throughput_optimized": config.throughput_optimized and config.url is None,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _finish(report: QpsReport, started: float) -> None:
+    report.seconds = time.monotonic() - started
+    # Other work on the same cores moves every number: say how busy the machine was.
+    report.environment["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _resolve(path: str, default: str, cache: Path, make: Callable[[Path], Path]) -> Path:
+    """``path`` if it exists; else, if it is the default, the cached copy (made if missing)."""
+    if Path(path).exists():
+        return make(Path(path))
+    if path != default:
+        raise FileNotFoundError(f"{path} does not exist")
+    return make(cache)
+
+
+def prepare_inputs(inputs: Inputs) -> tuple[Path, Path, Path]:
+    """(dataset, student, teacher): the given ones, or small ones made in ``inputs.cache``."""
+    defaults, cache = Inputs(), Path(inputs.cache)
+    data = _resolve(inputs.data, defaults.data, cache / "data", lambda p: ensure_dataset(p, inputs.small))
+    models = []
+    for path, default, hidden in ((inputs.student, defaults.student, 32), (inputs.teacher, defaults.teacher, 108)):
+        models.append(_resolve(path, default, cache / Path(default).name,
+                               lambda p, h=hidden: ensure_artifact(p, data, h, inputs.small, cache / "train")))
+    return data, models[0], models[1]
+
+
+def _add(report: QpsReport, variant: str, result: LoadResult) -> None:
+    report.rows.append(Row(variant, result))
+    setting = f"c={result.concurrency}" if result.mode == "closed" else f"rate={result.offered_rps:.0f}/s"
+    logger.info("%-27s %4d cand %-11s %7.1f req/s  p50 %7.1f  p99 %7.1f ms  errors %d", variant,
+                result.candidates, setting, result.requests_per_s, result.p50_ms, result.p99_ms, result.errors)
+
+
+def run_url(config: QpsConfig) -> QpsReport:
+    """Measure the deployment at ``config.url``: a closed-loop sweep per request size, then the open-loop rates.
+    Only a loopback URL: this load generator is for the machine it runs on."""
+    if urlsplit(config.url).hostname not in LOOPBACK:
+        raise ValueError(f"--url must be a loopback address ({', '.join(sorted(LOOPBACK))}), got {config.url}")
+    started = time.monotonic()
+    report = QpsReport(config=asdict(config), environment=_environment(config))
+    for candidates in config.candidates:
+        workload = score_bodies(config.inputs.data, candidates, config.bodies)
+        for concurrency in config.concurrency:
+            _add(report, TARGET, measure(config.url, workload, config.load, concurrency=concurrency))
+        for rate in config.rates:
+            _add(report, TARGET, measure(config.url, workload, config.load, rate=rate))
+    _finish(report, started)
+    return report
+
+
+def variants(student: str | Path, teacher: str | Path) -> list[tuple[Variant, bool]]:
+    """The variants of local mode, each with whether it is measured at every request size (else the largest)."""
+    return [(Variant(NOOP, None), True),
+            (Variant(STUDENT, str(student)), True),
+            (Variant(UNBATCHED, str(student), user_config={"max_batch_size": 1}), False),
+            (Variant(TEACHER, str(teacher)), False),
+            (Variant(REFERENCE, str(student), scorer_env={"DIEN_KERNEL": "reference"}), False)]
+
+
+def run_local(config: QpsConfig) -> QpsReport:
+    """Deploy the variants on an embedded Ray, measure them, and tear everything down."""
+    started = time.monotonic()
+    report = QpsReport(config=asdict(config), environment=_environment(config))
+    base = load_config(config.serve_config)
+    needed = logical_cpus(variants_config(base, [v for v, _ in variants(config.inputs.student,
+                                                                         config.inputs.teacher)], "."))
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        if config.throughput_optimized:
+            os.environ.update(THROUGHPUT_OPTIMIZED_ENV)  # inherited by every Ray process started below
+        # Always an embedded Ray (not RAY_ADDRESS): the benchmark owns what it deploys and tears it down.
+        # Logical CPUs for every variant's replicas at once (they idle while another variant is measured).
+        ray.init(address="local", num_cpus=max(default_local_cpus(), math.ceil(needed)), include_dashboard=False,
+                 logging_level=logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    elif ray.cluster_resources().get("CPU", 0) < needed:
+        raise ValueError(f"the variants' replicas need {needed:g} logical CPUs, the running Ray has "
+                         f"{ray.cluster_resources().get('CPU', 0):g}")
+    try:
+        data, student, teacher = prepare_inputs(config.inputs)
+        report.models = {STUDENT: _model_facts(student), TEACHER: _model_facts(teacher)}
+        _measure_variants(config, report, base, data, variants(student, teacher))
+    finally:
+        if own_ray:
+            ray.shutdown()
+    report.goals = check_goals(report, config.candidates)
+    _finish(report, started)
+    return report
+
+
+def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any], data: Path,
+                      measured: list[tuple[Variant, bool]]) -> None:
+    workloads = {n: score_bodies(data, n, config.bodies) for n in config.candidates}
+    largest = max(config.candidates)
+    server = LocalServe(port=config.port or _free_port())
+    try:
+        deployed = variants_config(base, [v for v, _ in measured], data)
+        began = time.monotonic()
+        server.deploy(deployed)
+        logger.info("deployed %d applications in %.1f s", len(measured), time.monotonic() - began)
+        urls = {app["name"]: server.url_of(app) for app in deployed["applications"]}
+
+        def measure_each(candidates: int, **load: float) -> None:
+            for variant, every_size in measured:
+                if every_size or candidates == largest:
+                    result = measure(urls[variant.app], workloads[candidates], config.load, **load)
+                    _add(report, variant.name, result)
+
+        for candidates in config.candidates:
+            for concurrency in config.concurrency:
+                measure_each(candidates, concurrency=concurrency)
+        best = report.best(STUDENT, largest)
+        rates = config.rates or tuple(round(f * best.requests_per_s, 1) for f in config.open_fractions
+                                      if best and best.requests_per_s > 0)
+        open_loop = [(v, every) for v, every in measured if v.name in (STUDENT, UNBATCHED)]
+        for rate in rates:
+            for variant, _ in open_loop:
+                _add(report, variant.name, measure(urls[variant.app], workloads[largest], config.load, rate=rate))
+    finally:
+        server.close()
+
+
+def _model_facts(path: Path) -> dict[str, Any]:
+    from dien.artifacts import verify_artifact
+
+    manifest = verify_artifact(path)
+    config = manifest["model"]["config"]
+    return {"path": str(path), "hidden": config.get("hidden"), "version": manifest.get("version"),
+            "test_auc": manifest.get("metrics", {}).get("test_auc")}
+
+
+def check_goals(report: QpsReport, candidates: tuple[int, ...]) -> list[Goal]:
+    """The issue's goals, where this run measured what they need:
+
+    - with 1 candidate per request the student reaches at least 70% of the no-op ceiling's requests/s;
+    - with 100 candidates batching gives at least 2x the requests/s of batching off, at a lower p99
+      (p99s compared at the concurrency where the batched student peaked).
+    """
+    goals = []
+    noop, student = report.best(NOOP, 1), report.best(STUDENT, 1)
+    if 1 in candidates and noop and student:
+        share = student.requests_per_s / noop.requests_per_s
+        goals.append(Goal("student >= 70% of the no-op ceiling's requests/s at 1 candidate", share >= 0.7,
+                          f"{student.requests_per_s:.0f} vs {noop.requests_per_s:.0f} req/s = {share:.0%}"))
+    batched, unbatched = report.best(STUDENT, 100), report.best(UNBATCHED, 100)
+    if 100 in candidates and batched and unbatched:
+        ratio = batched.requests_per_s / unbatched.requests_per_s
+        same = next((r for r in report.results(UNBATCHED, 100) if r.concurrency == batched.concurrency), unbatched)
+        goals.append(Goal(
+            "batching >= 2x the requests/s of batching off at 100 candidates, at a lower p99",
+            ratio >= 2.0 and batched.p99_ms < same.p99_ms,
+            f"{batched.requests_per_s:.0f} vs {unbatched.requests_per_s:.0f} req/s = {ratio:.2f}x; p99 at "
+            f"c={batched.concurrency}: {batched.p99_ms:.0f} vs {same.p99_ms:.0f} ms"))
+    return goals
+
+
+def run(config: QpsConfig) -> QpsReport:
+    return run_url(config) if config.url else run_local(config)
+

@@ -1,0 +1,112 @@
+"""platform/: every manifest parses, the RayService serves serve_configs/local.yaml's applications, the cluster
+launcher config has CPU and GPU workers and passes Ray's own validation, and the scripts are sound."""
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+ROOT = Path(__file__).resolve().parents[1]
+PLATFORM = ROOT / "platform"
+MANIFESTS = sorted(PLATFORM.rglob("*.yaml"))
+KUBERAY = PLATFORM / "kuberay"
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def kuberay(kind: str) -> list[dict]:
+    return [d for path in sorted(KUBERAY.glob("*.yaml")) for d in documents(path) if d.get("kind") == kind]
+
+
+def ray_cluster_specs() -> list[dict]:
+    """The RayCluster specs: a RayCluster's own, a RayJob's and a RayService's."""
+    return ([c["spec"] for c in kuberay("RayCluster")] + [j["spec"]["rayClusterSpec"] for j in kuberay("RayJob")]
+            + [s["spec"]["rayClusterConfig"] for s in kuberay("RayService")])
+
+
+def test_platform_is_not_a_python_package():
+    # It would shadow the standard library's `platform` module and break Ray, torch and pytest.
+    assert not (PLATFORM / "__init__.py").exists()
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(PLATFORM)))
+def test_every_manifest_parses(path):
+    parsed = documents(path)
+    assert parsed and all(isinstance(d, dict) for d in parsed)
+
+
+def test_kuberay_has_a_cluster_a_training_job_and_a_service():
+    assert len(kuberay("RayCluster")) == len(kuberay("RayJob")) == len(kuberay("RayService")) == 1
+    for resource in kuberay("RayCluster") + kuberay("RayJob") + kuberay("RayService"):
+        assert resource["apiVersion"] == "ray.io/v1"
+
+
+def test_rayservice_serves_the_local_serve_config():
+    (service,) = kuberay("RayService")
+    served = yaml.safe_load(service["spec"]["serveConfigV2"])
+    local = yaml.safe_load((ROOT / "serve_configs" / "local.yaml").read_text())
+    assert served["applications"] == local["applications"]
+    ServeDeploySchema.model_validate(served)
+
+
+def test_every_ray_cluster_runs_this_ray_with_token_auth():
+    specs = ray_cluster_specs()
+    assert len(specs) == 3
+    for spec in specs:
+        assert spec["rayVersion"] == ray.__version__
+        assert spec["authOptions"]["mode"] == "token"
+
+
+def test_kuberay_pods_mount_the_shared_storage_where_relative_paths_point():
+    claims = {d["metadata"]["name"] for d in documents(KUBERAY / "storage.yaml")}
+    for spec in ray_cluster_specs():
+        for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]:
+            pod = group["template"]["spec"]
+            assert {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]} <= claims
+            mounts = {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]}
+            assert {"/app/data", "/app/artifacts"} <= mounts
+
+
+def test_rayjob_runs_jobs_that_exist():
+    (job,) = kuberay("RayJob")
+    scripts = re.findall(r"jobs/\w+\.py", job["spec"]["entrypoint"])
+    assert {"jobs/prepare_data.py", "jobs/train.py", "jobs/distill.py"} <= set(scripts)
+    assert all((ROOT / script).is_file() for script in scripts)
+
+
+def test_raycluster_has_cpu_and_gpu_worker_groups():
+    (cluster,) = kuberay("RayCluster")
+    groups = {g["groupName"]: g["template"]["spec"]["containers"][0]["resources"]["limits"]
+              for g in cluster["spec"]["workerGroupSpecs"]}
+    assert any("nvidia.com/gpu" in limits for limits in groups.values())
+    assert any("nvidia.com/gpu" not in limits for limits in groups.values())
+
+
+def test_cluster_launcher_config_has_cpu_and_gpu_workers_and_is_valid():
+    from ray.autoscaler._private.util import fillout_defaults, validate_config
+
+    config = yaml.safe_load((PLATFORM / "cluster.yaml").read_text())
+    types = config["available_node_types"]
+    workers = {name: t["resources"] for name, t in types.items() if name != config["head_node_type"]}
+    assert any(r.get("GPU", 0) >= 1 for r in workers.values()), workers
+    assert any(r.get("CPU", 0) > 0 and not r.get("GPU") for r in workers.values()), workers
+    assert all("RAY_AUTH_MODE=token" in " ".join(config[key])
+               for key in ("head_start_ray_commands", "worker_start_ray_commands"))
+    validate_config(fillout_defaults(config))  # Ray's own schema for `ray up`
+
+
+def test_dockerfile_builds_python_311_with_the_package():
+    text = (PLATFORM / "image" / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11", text, re.MULTILINE)
+    assert "pip install -e ." in text
+    assert "WORKDIR /app" in text
+
+
+@pytest.mark.parametrize("script", ["cluster-up.sh", "cluster-down.sh"])
+def test_cluster_scripts_are_valid_bash(script):
+    subprocess.run(["bash", "-n", str(PLATFORM / script)], check=True)
