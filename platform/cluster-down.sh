@@ -62,11 +62,18 @@ def signal_all(pids: list[int], signum: int) -> None:
             pass
 
 
-signal_all([pid for pid in members if alive(pid)], signal.SIGTERM)
-deadline = time.monotonic() + 15
-while time.monotonic() < deadline and any(alive(pid) for pid in members):
-    time.sleep(0.2)
-killed = [pid for pid in members if alive(pid)]
+def stop(pids: set[int], grace_s: float) -> list[int]:
+    """SIGTERM ``pids``, wait up to ``grace_s`` for them to exit; the ones still running."""
+    signal_all([pid for pid in pids if alive(pid)], signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.2)
+    return [pid for pid in pids if alive(pid)]
+
+
+# What the cluster started first (workers, agents, jobs, replicas), while the GCS and raylets still answer
+# them: a worker that loses the GCS first waits on it instead of exiting. Then the cluster's own processes.
+killed = stop(members - roots, 10) + stop(roots, 10)
 signal_all(killed, signal.SIGKILL)
 stubborn = ", ".join(sorted(os.path.basename(args[pid].split()[0]) for pid in killed))
 print(f"stopped the Ray cluster with temp dir {temp_dir}: {len(members)} processes"
