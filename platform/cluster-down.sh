@@ -62,6 +62,12 @@ def signal_all(pids: list[int], signum: int) -> None:
             pass
 
 
+def name(pid: int) -> str:
+    """What a process runs: its Python script, else its executable."""
+    words = args[pid].split()
+    return os.path.basename(next((w for w in words if w.endswith(".py")), words[0]))
+
+
 def stop(pids: set[int], grace_s: float) -> list[int]:
     """SIGTERM ``pids``, wait up to ``grace_s`` for them to exit; the ones still running."""
     signal_all([pid for pid in pids if alive(pid)], signal.SIGTERM)
@@ -75,7 +81,7 @@ def stop(pids: set[int], grace_s: float) -> list[int]:
 # them: a worker that loses the GCS first waits on it instead of exiting. Then the cluster's own processes.
 killed = stop(members - roots, 10) + stop(roots, 10)
 signal_all(killed, signal.SIGKILL)
-stubborn = ", ".join(sorted(os.path.basename(args[pid].split()[0]) for pid in killed))
+stubborn = ", ".join(sorted(name(pid) for pid in killed))
 print(f"stopped the Ray cluster with temp dir {temp_dir}: {len(members)} processes"
       + (f" (killed after the grace period: {stubborn})" if killed else ""))
 PY
