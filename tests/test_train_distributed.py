@@ -14,12 +14,12 @@ from dien.train.evaluate import evaluate_artifact
 from dien.train.loop import TrainConfig
 
 
-def make_job(dataset, storage, run_name, epochs, checkpoint_every=0, lr=5e-3):
+def make_job(dataset, storage, run_name, epochs, checkpoint_every=0, lr=5e-3, patience=None):
     return TrainJob(
         data=str(dataset.path),
         model="dien",
         model_options={"hidden": 16},
-        train=TrainConfig(epochs=epochs, batch_size=64, lr=lr),
+        train=TrainConfig(epochs=epochs, batch_size=64, lr=lr, patience=patience),
         cluster=ClusterConfig(workers=2, cpus_per_worker=1.0, storage=str(storage), run_name=run_name,
                               max_failures=1, checkpoint_every_steps=checkpoint_every),
     )
@@ -31,19 +31,25 @@ def steps_per_epoch(dataset, batch_size=64, workers=2):
 
 
 def test_two_workers_learn_and_export_an_artifact(prepared_dataset, tmp_path):
-    job = make_job(prepared_dataset, tmp_path / "runs", "learn", epochs=2)
+    job = make_job(prepared_dataset, tmp_path / "runs", "learn", epochs=2, patience=2)
     result = run_training(job)
     assert result.error is None
     metrics = result.metrics
     assert metrics["global_step"] == 2 * steps_per_epoch(prepared_dataset)
+    # Early stopping: the final weights are the better validation epoch's, whichever it was.
+    first_epoch = next(r for r in result.metrics_dataframe.to_dict("records") if r["epoch"] == 1)
+    assert metrics["valid_auc"] >= first_epoch["valid_auc"] - 1e-9
+    assert (metrics["best_epoch"] == 1) == (metrics["valid_auc"] == pytest.approx(first_epoch["valid_auc"], abs=1e-9))
     # The synthetic data's order-aware ceiling is ~0.9 AUC; two short epochs clear 0.6 by a margin.
     assert metrics["valid_auc"] > 0.6, metrics
     assert 0 < metrics["test_logloss"] < 1.0
 
     artifact = load_artifact(export_artifact(job, result, tmp_path / "artifact"))
     assert artifact.manifest["metrics"]["test_auc"] == pytest.approx(metrics["test_auc"])
-    offline = evaluate_artifact(artifact, prepared_dataset, "test")
-    assert offline["auc"] == pytest.approx(metrics["test_auc"], abs=1e-6)
+    assert artifact.manifest["metrics"]["best_epoch"] == metrics["best_epoch"]
+    for split in ("valid", "test"):
+        offline = evaluate_artifact(artifact, prepared_dataset, split)
+        assert offline["auc"] == pytest.approx(metrics[f"{split}_auc"], abs=1e-6)
 
 
 def test_killed_worker_resumes_from_checkpoint_then_rerun_resumes(prepared_dataset, tmp_path, monkeypatch):

@@ -15,6 +15,9 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr-decay", type=float, default=0.5, help="learning-rate multiplier per epoch")
     group.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm")
     group.add_argument("--aux-weight", type=float, default=1.0, help="alpha of the auxiliary loss")
+    group.add_argument("--patience", type=int, default=None,
+                       help="early stopping: stop after N epochs without a better validation AUC and keep the "
+                            "best epoch's weights (default: train every epoch, keep the last)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--length-buckets", type=int, default=0,
                        help="batch samples of similar history length, sorting windows of N batches (0: off)")
@@ -34,7 +37,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, run_name: str) -> Non
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
-                       aux_weight=args.aux_weight, grad_clip=args.grad_clip, seed=args.seed)
+                       aux_weight=args.aux_weight, grad_clip=args.grad_clip, patience=args.patience,
+                       seed=args.seed)
 
 
 def cluster_config(args: argparse.Namespace) -> ClusterConfig:
@@ -45,7 +49,7 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig:
 
 def format_summary(metrics: dict) -> str:
     """The final report of a training run, one line."""
-    keys = ("epoch", "global_step", "resumed_from_step", "samples_per_second", "valid_auc", "valid_gauc",
+    keys = ("epoch", "best_epoch", "global_step", "resumed_from_step", "samples_per_second", "valid_auc", "valid_gauc",
             "valid_logloss", "test_auc", "test_gauc", "test_logloss")
     return "final: " + ", ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
                                  for k in keys if k in metrics)

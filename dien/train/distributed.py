@@ -3,8 +3,10 @@
 Every worker streams its shard of the training split from Ray Data, runs the shared
 :func:`dien.train.loop.train_step` under DDP, and after every epoch scores its share of the validation
 split; the predictions of all workers are gathered so AUC, GAUC and logloss are exact. Rank 0 reports a
-checkpoint (model, optimizer, schedule, epoch, step, job, dataset hash) each epoch and every
-``checkpoint_every_steps``; a restarted or re-run job resumes from the latest one.
+checkpoint (model, optimizer, schedule, epoch, step, early-stopping state, job, dataset hash) each epoch and
+every ``checkpoint_every_steps``; a restarted or re-run job resumes from the latest one. With
+``TrainConfig.patience`` the run stops once validation AUC stops improving and its last checkpoint holds the
+best epoch's weights.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from dien.cluster import connect
 from dien.data.batch import Batch, collate
 from dien.data.dataset_dir import MANIFEST_FILE, DatasetDir
 from dien.model import CTRModel, ModelConfig, build_model, resolve_config
-from dien.train.loop import Predictions, TrainConfig, make_optimizer, predict, train_step
+from dien.train.loop import BestEpoch, Predictions, TrainConfig, make_optimizer, predict, train_step
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +152,11 @@ def evaluate_split(model: CTRModel, dataset: DatasetDir, split: str, rank: int, 
 
 
 def _save_state(directory: Path, model: CTRModel, optimizer, scheduler, epoch: int, step_in_epoch: int,
-                global_step: int, job: TrainJob, data_hash: str) -> None:
+                global_step: int, best: BestEpoch, stopped: bool, job: TrainJob, data_hash: str) -> None:
     torch.save(
         {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
          "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+         "best": best.state_dict(), "stopped": stopped,
          "model_name": job.model, "dataset_sha256": data_hash},
         directory / CHECKPOINT_FILE,
     )
@@ -176,7 +179,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = job.build(dataset)
     optimizer, scheduler = make_optimizer(model, job.train)
 
-    epoch, skip, global_step, resumed_from = 0, 0, 0, 0
+    epoch, skip, global_step, resumed_from, stopped = 0, 0, 0, 0, False
+    best = BestEpoch(job.train.patience)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -188,6 +192,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         epoch, skip, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        best.load_state_dict(state["best"])
+        stopped = state["stopped"]
         resumed_from = global_step
         logger.info("rank %d resumes at epoch %d, step %d (global step %d)", rank, epoch + 1, skip, global_step)
 
@@ -202,11 +208,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ckpt = None
             if rank == 0:
                 _save_state(Path(directory), core, optimizer, scheduler, epoch_done, step_in_epoch, global_step,
-                            job, data_hash)
+                            best, stopped, job, data_hash)
                 ckpt = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=ckpt)
 
-    while epoch < job.train.epochs:
+    while epoch < job.train.epochs and not stopped:
         started, samples, losses, load_seconds = time.perf_counter(), 0, [], 0.0
         tables = shard.iter_batches(batch_size=job.train.batch_size, batch_format="pyarrow",
                                     local_shuffle_buffer_size=job.train.batch_size * 8,
@@ -246,7 +252,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "data_seconds": load_seconds, "epoch_seconds": elapsed,
         })
         epoch += 1
-        if epoch == job.train.epochs:
+        stopped = best.update(core, epoch, metrics["valid_auc"])
+        if epoch == job.train.epochs or stopped:
+            if best.state is not None:
+                if stopped and rank == 0:
+                    logger.info("early stop after epoch %d: no better validation AUC since epoch %d", epoch, best.epoch)
+                best.restore(core)
+                metrics["best_epoch"] = best.epoch
+                metrics.update({f"valid_{k}": v for k, v in evaluate_split(
+                    core, dataset, "valid", rank, world, job.train.eval_batch_size, device).items()})
             metrics.update({f"test_{k}": v for k, v in
                             evaluate_split(core, dataset, "test", rank, world, job.train.eval_batch_size, device).items()})
         if rank == 0:
@@ -304,7 +318,7 @@ def export_artifact(job: TrainJob, result, out: str | Path, extra: dict[str, Any
     model.load_state_dict(state["model"])
     exported, name, config = job.exported(model, dataset)
     vocabularies = dataset.vocabularies()
-    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if k.startswith(("valid_", "test_"))}
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if k.startswith(("valid_", "test_")) or k == "best_epoch"}
     return save_artifact(out, exported, name, config, vocabularies.item,
                          vocabularies.category, dataset.max_len, metrics=metrics,
                          dataset_sha256=dataset_sha256(job.data), extra=extra)

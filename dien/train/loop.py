@@ -34,8 +34,17 @@ class TrainConfig:
     """Clip the global gradient norm to this value; None disables clipping."""
     eval_batch_size: int = 1024
     """Samples per forward pass during evaluation."""
+    patience: int | None = None
+    """Early stopping: end training after this many epochs without a better validation AUC and keep the best
+    epoch's weights. None trains every epoch and keeps the last weights."""
     seed: int = 0
     """Seed of the model initialization and the shuffling."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("need epochs >= 1 and batch_size >= 1")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError("patience must be at least 1 epoch (or None to train every epoch)")
 
 
 @dataclass
@@ -116,6 +125,37 @@ def iterate_batches(table: pa.Table, batch_size: int, shuffle_seed: int | None =
         yield collate(table.slice(start, batch_size))
 
 
+class BestEpoch:
+    """Early stopping on validation AUC: remembers the best epoch and a copy of its weights."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.epoch = 0
+        """1-based epoch of the best validation AUC so far (0: none yet)."""
+        self.auc = float("-inf")
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def update(self, model: torch.nn.Module, epoch: int, auc: float) -> bool:
+        """Record ``epoch``'s validation AUC; True when training should stop."""
+        if self.patience is None:
+            return False
+        if auc > self.auc:
+            self.epoch, self.auc = epoch, auc
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return epoch - self.epoch >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """Load the best epoch's weights into ``model`` (nothing when no epoch was recorded)."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "auc": self.auc, "model": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.auc, self.state = state["epoch"], state["auc"], state["model"]
+
+
 @dataclass
 class FitResult:
     epochs: list[dict[str, float]] = field(default_factory=list)
@@ -123,6 +163,8 @@ class FitResult:
     train_seconds: float = 0.0
     """Time spent in training steps (batching included, evaluation excluded)."""
     train_samples: int = 0
+    best_epoch: int | None = None
+    """With early stopping, the epoch whose weights the model holds."""
 
     @property
     def samples_per_second(self) -> float:
@@ -130,9 +172,15 @@ class FitResult:
 
 
 def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainConfig) -> FitResult:
-    """Single-process training on in-memory sample tables, evaluating on ``valid`` after every epoch."""
+    """Single-process training on in-memory sample tables, evaluating on ``valid`` after every epoch.
+
+    With ``config.patience`` the model ends with the weights of its best validation epoch.
+    """
+    if config.patience is not None and valid is None:
+        raise ValueError("early stopping (patience) needs a validation split")
     optimizer, scheduler = make_optimizer(model, config)
     result = FitResult()
+    best = BestEpoch(config.patience)
     for epoch in range(config.epochs):
         started = time.perf_counter()
         losses = [train_step(model, batch, optimizer, config).loss
@@ -147,4 +195,10 @@ def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainC
             summary.update({f"valid_{k}": v for k, v in metrics.items()})
         logger.info("epoch %(epoch)d: %(summary)s", {"epoch": epoch + 1, "summary": summary})
         result.epochs.append(summary)
+        if valid is not None and best.update(model, epoch + 1, summary["valid_auc"]):
+            logger.info("early stop: no better validation AUC since epoch %d", best.epoch)
+            break
+    if best.state is not None:
+        best.restore(model)
+        result.best_epoch = best.epoch
     return result
