@@ -85,12 +85,7 @@ def compare_models(config: CompareConfig, out: str | Path | None = None) -> dict
             "events": events.num_rows,
             "samples": sizes,
             "seconds": time.perf_counter() - started,
-            "models": [
-                {"name": r.name, "description": r.description, "runs": r.runs,
-                 **{f"{key}_{stat}": value for key in ("auc", "gauc", "logloss", "samples_per_second")
-                    for stat, value in zip(("mean", "std"), r.stat(key))}}
-                for r in results if r.runs
-            ],
+            "models": _summaries(results),
         }
 
     for seed in config.seeds:
@@ -103,6 +98,39 @@ def compare_models(config: CompareConfig, out: str | Path | None = None) -> dict
             if out is not None:
                 write_report(report(), out)
     return report()
+
+
+def _summaries(results: list[ModelRuns]) -> list[dict]:
+    return [
+        {"name": r.name, "description": r.description, "runs": r.runs,
+         **{f"{key}_{stat}": value for key in ("auc", "gauc", "logloss", "samples_per_second")
+            for stat, value in zip(("mean", "std"), r.stat(key))}}
+        for r in results if r.runs
+    ]
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from comparisons of the same data and settings run on different seeds (e.g. in parallel
+    processes): runs are pooled per model and the statistics recomputed."""
+    if not reports:
+        raise ValueError("nothing to merge")
+    first = reports[0]
+    for other in reports[1:]:
+        for key in ("synthetic", "samples", "train", "hidden"):
+            if other["config"][key] != first["config"][key]:
+                raise ValueError(f"cannot merge comparisons with different {key} settings")
+    results: dict[str, ModelRuns] = {}
+    for report in reports:
+        for model in report["models"]:
+            runs = results.setdefault(model["name"], ModelRuns(model["name"], model["description"]))
+            seen = {run["seed"] for run in runs.runs}
+            duplicate = seen & {run["seed"] for run in model["runs"]}
+            if duplicate:
+                raise ValueError(f"{model['name']}: seed {sorted(duplicate)[0]} appears in two reports")
+            runs.runs.extend(model["runs"])
+    seeds = sorted({seed for report in reports for seed in report["config"]["seeds"]})
+    return {**first, "config": {**first["config"], "seeds": seeds},
+            "seconds": sum(report["seconds"] for report in reports), "models": _summaries(list(results.values()))}
 
 
 def format_table(report: dict) -> str:

@@ -17,6 +17,7 @@ from dien.data.dataset_dir import DatasetDir
 from dien.data.pipeline import PrepareConfig, prepare
 from dien.data.readers import SourceConfig
 from dien.data.samples import SampleConfig
+from dien.train.compare import CompareConfig
 from dien.train.distill import DistillJob
 from dien.train.distributed import ClusterConfig, TrainJob, export_artifact, run_training
 from dien.train.evaluate import evaluate_artifact
@@ -35,8 +36,8 @@ class DistillReportConfig:
     teacher_hidden: int = 108
     student_hidden: int = 32
     hint_weight: float = 1.0
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-3, lr_decay=0.85))
-    """The budget every model gets (the comparison's settings, one epoch fewer)."""
+    train: TrainConfig = field(default_factory=lambda: CompareConfig().train)
+    """The budget every model gets: the comparison's (early stopping on validation AUC)."""
     workers: int = 2
     requests: int = 16
     """Requests in the scoring-cost measurement."""
