@@ -24,6 +24,8 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=36, help="GRU hidden size (teacher 108, student 32)")
     parser.add_argument("--attention", choices=("bilinear", "mlp"), default="bilinear")
     parser.add_argument("--activation", choices=("dice", "prelu"), default="dice")
+    parser.add_argument("--no-history-sum", action="store_true",
+                        help="DIN/DIEN MLP without the sum-pooled history (the papers' inputs)")
     parser.add_argument("--out", help="artifact directory to export the trained model to")
     add_optimization_arguments(parser)
     add_cluster_arguments(parser, run_name="dien")
@@ -33,7 +35,8 @@ def main() -> int:
     job = TrainJob(
         data=args.data,
         model=args.model,
-        model_options={"hidden": args.hidden, "attention": args.attention, "activation": args.activation},
+        model_options={"hidden": args.hidden, "attention": args.attention, "activation": args.activation,
+                       "history_sum": not args.no_history_sum},
         train=train_config(args),
         cluster=cluster_config(args),
         bf16=args.bf16,

@@ -126,3 +126,19 @@ def test_agru_through_the_augru_kernel_is_paper_eq_10():
     out, h_last = kernels.augru(x, att, lengths, *agru_weights(*weights))
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(h_last, expected_h)
+
+
+@pytest.mark.parametrize("name", ["din", "dien"])
+def test_without_the_history_sum_the_mlp_sees_no_sum_pooling(name, small_dataset):
+    torch.manual_seed(0)
+    config = ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=16, history_sum=False)
+    model = build_model(name, config)
+    batch = next(iter(iterate_batches(small_dataset.splits["train"], 32)))
+    logits = model(batch).logits
+    # The MLP's input is [target, attended history] or [target, final interest]: no sum-pooled features,
+    # so scaling every behavior embedding's sum (one extra copy of the history) is invisible to it.
+    history = model.encode_history(batch.hist_item, batch.hist_cat, batch.lengths)
+    history.behavior_sum = history.behavior_sum * 7.0
+    assert torch.allclose(model.score(history, batch.target_item, batch.target_cat), logits, atol=1e-5)
+    with_sum = build_model(name, ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=16))
+    assert with_sum.mlp.layers[0].in_features - model.mlp.layers[0].in_features == 2 * model.embedding.dim

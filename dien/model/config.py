@@ -29,6 +29,10 @@ class ModelConfig:
     """Whether the model adds the auxiliary loss of the interest extractor."""
     aux_dims: tuple[int, ...] = (100, 50)
     """Hidden widths of the auxiliary network on concat(h_t, e_{t+1})."""
+    history_sum: bool = True
+    """DIN and DIEN: the MLP also gets the sum-pooled history and its product with the target, as in the
+    official DIEN code. False gives the papers' own inputs (DIEN Fig. 3: target and final interest; DIN:
+    target and attention-pooled history), without the sum-pooling shortcut."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

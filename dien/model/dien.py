@@ -14,7 +14,8 @@ from dien.model.pooling import embed_history
 
 class DIEN(CTRModel):
     """Embedding -> interest extractor (GRU, auxiliary loss) -> interest evolution -> MLP on
-    [target, sum, target * sum, final interest], as the official code's feature set."""
+    [target, sum, target * sum, final interest], the official code's feature set (``history_sum=False``:
+    [target, final interest], the paper's Fig. 3)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -22,7 +23,9 @@ class DIEN(CTRModel):
         dim = self.embedding.dim
         self.extractor = InterestExtractor(dim, config.hidden, config.aux_dims if config.use_aux else None)
         self.evolution = InterestEvolution(config.evolution, config.hidden, dim, config.hidden, config.attention)
-        self.mlp = MLP(3 * dim + self.evolution.out_dim, config.mlp_dims, config.activation)
+        self.history_sum = config.history_sum
+        mlp_in = (3 if self.history_sum else 1) * dim + self.evolution.out_dim
+        self.mlp = MLP(mlp_in, config.mlp_dims, config.activation)
         self.uses_negatives = config.use_aux
 
     def encode_history(self, hist_item: Tensor, hist_cat: Tensor, lengths: Tensor) -> HistoryEncoding:
@@ -33,8 +36,8 @@ class DIEN(CTRModel):
     def score(self, history: HistoryEncoding, target_item: Tensor, target_cat: Tensor) -> Tensor:
         target = self.embedding(target_item, target_cat)
         interest = self.evolution(history.states, target, history.lengths)
-        pooled = history.behavior_sum
-        return self.mlp(torch.cat([target, pooled, target * pooled, interest], dim=-1))
+        pooled = [history.behavior_sum, target * history.behavior_sum] if self.history_sum else []
+        return self.mlp(torch.cat([target, *pooled, interest], dim=-1))
 
     def auxiliary_loss(self, history: HistoryEncoding, batch: Batch) -> Tensor | None:
         if not self.uses_negatives:

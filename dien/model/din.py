@@ -12,14 +12,16 @@ from dien.model.pooling import embed_history
 
 
 class DIN(CTRModel):
-    """MLP over [target, sum, target * sum, attention-pooled history], DIN's activation unit for attention."""
+    """MLP over [target, sum, target * sum, attention-pooled history] (``history_sum=False``: [target,
+    attention-pooled history]), DIN's activation unit for attention."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.embedding = BehaviorEmbedding(config.n_items, config.n_cats, config.item_dim, config.cat_dim)
         dim = self.embedding.dim
         self.attention = MLPAttention(dim, dim)
-        self.mlp = MLP(4 * dim, config.mlp_dims, config.activation)
+        self.history_sum = config.history_sum
+        self.mlp = MLP((4 if self.history_sum else 2) * dim, config.mlp_dims, config.activation)
 
     def encode_history(self, hist_item: Tensor, hist_cat: Tensor, lengths: Tensor) -> HistoryEncoding:
         return embed_history(self.embedding, hist_item, hist_cat, lengths)
@@ -28,5 +30,5 @@ class DIN(CTRModel):
         target = self.embedding(target_item, target_cat)
         att = self.attention(target, history.behaviors, history.lengths)
         attended = torch.bmm(att.unsqueeze(1), history.behaviors).squeeze(1)
-        pooled = history.behavior_sum
-        return self.mlp(torch.cat([target, pooled, target * pooled, attended], dim=-1))
+        pooled = [history.behavior_sum, target * history.behavior_sum] if self.history_sum else []
+        return self.mlp(torch.cat([target, *pooled, attended], dim=-1))

@@ -36,6 +36,8 @@ class CompareConfig:
     0.3 / 1: best validation AUC 0.833 / 0.835 / 0.815, mean of 2 seeds)."""
     hidden: int = 36
     """GRU hidden size of the sequence models."""
+    history_sum: bool = True
+    """DIN and DIEN (and its ablations) also feed the sum-pooled history to their MLP (``ModelConfig``)."""
     models: tuple[str, ...] = tuple(MODELS)
     """Models to compare, by registry name."""
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -57,7 +59,8 @@ class ModelRuns:
 
 def _run_one(dataset: LocalDataset, config: CompareConfig, name: str, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
-    model = build_model(name, ModelConfig(dataset.n_items, dataset.n_cats, hidden=config.hidden))
+    model = build_model(name, ModelConfig(dataset.n_items, dataset.n_cats, hidden=config.hidden,
+                                          history_sum=config.history_sum))
     train_config = TrainConfig(**{**asdict(config.train), "seed": seed})
     valid = dataset.splits["valid"] if train_config.patience is not None else None
     result = fit(model, dataset.splits["train"], valid, train_config)
@@ -116,8 +119,8 @@ def merge_reports(reports: list[dict]) -> dict:
         raise ValueError("nothing to merge")
     first = reports[0]
     for other in reports[1:]:
-        for key in ("synthetic", "samples", "train", "hidden"):
-            if other["config"][key] != first["config"][key]:
+        for key in ("synthetic", "samples", "train", "hidden", "history_sum"):
+            if other["config"].get(key) != first["config"].get(key):
                 raise ValueError(f"cannot merge comparisons with different {key} settings")
     results: dict[str, ModelRuns] = {}
     for report in reports:
