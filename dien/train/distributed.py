@@ -252,15 +252,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "data_seconds": load_seconds, "epoch_seconds": elapsed,
         })
         epoch += 1
-        stopped = best.update(core, epoch, metrics["valid_auc"])
+        stopped = best.update(core, epoch, metrics)
         if epoch == job.train.epochs or stopped:
             if best.state is not None:
                 if stopped and rank == 0:
-                    logger.info("early stop after epoch %d: no better validation AUC since epoch %d", epoch, best.epoch)
+                    logger.info("early stop after epoch %d: no better validation AUC since epoch %d",
+                                epoch, best.epoch)
                 best.restore(core)
-                metrics["best_epoch"] = best.epoch
-                metrics.update({f"valid_{k}": v for k, v in evaluate_split(
-                    core, dataset, "valid", rank, world, job.train.eval_batch_size, device).items()})
+                metrics.update({k: v for k, v in best.metrics.items() if k.startswith("valid_")},
+                               best_epoch=best.epoch)
             metrics.update({f"test_{k}": v for k, v in
                             evaluate_split(core, dataset, "test", rank, world, job.train.eval_batch_size, device).items()})
         if rank == 0:
@@ -318,7 +318,8 @@ def export_artifact(job: TrainJob, result, out: str | Path, extra: dict[str, Any
     model.load_state_dict(state["model"])
     exported, name, config = job.exported(model, dataset)
     vocabularies = dataset.vocabularies()
-    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if k.startswith(("valid_", "test_")) or k == "best_epoch"}
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items()
+               if k.startswith(("valid_", "test_")) or k == "best_epoch"}
     return save_artifact(out, exported, name, config, vocabularies.item,
                          vocabularies.category, dataset.max_len, metrics=metrics,
                          dataset_sha256=dataset_sha256(job.data), extra=extra)

@@ -126,21 +126,24 @@ def iterate_batches(table: pa.Table, batch_size: int, shuffle_seed: int | None =
 
 
 class BestEpoch:
-    """Early stopping on validation AUC: remembers the best epoch and a copy of its weights."""
+    """Early stopping on validation AUC: remembers the best epoch, its validation metrics and a copy of its
+    weights."""
 
     def __init__(self, patience: int | None) -> None:
         self.patience = patience
         self.epoch = 0
         """1-based epoch of the best validation AUC so far (0: none yet)."""
-        self.auc = float("-inf")
+        self.metrics: dict[str, float] = {}
+        """That epoch's metrics (``valid_auc``, ...), so restoring its weights needs no re-evaluation."""
         self.state: dict[str, torch.Tensor] | None = None
 
-    def update(self, model: torch.nn.Module, epoch: int, auc: float) -> bool:
-        """Record ``epoch``'s validation AUC; True when training should stop."""
+    def update(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> bool:
+        """Record ``epoch``'s validation metrics (``metrics["valid_auc"]`` decides); True when training should
+        stop."""
         if self.patience is None:
             return False
-        if auc > self.auc:
-            self.epoch, self.auc = epoch, auc
+        if metrics["valid_auc"] > self.metrics.get("valid_auc", float("-inf")):
+            self.epoch, self.metrics = epoch, dict(metrics)
             self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         return epoch - self.epoch >= self.patience
 
@@ -150,10 +153,10 @@ class BestEpoch:
             model.load_state_dict(self.state)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "auc": self.auc, "model": self.state}
+        return {"epoch": self.epoch, "metrics": self.metrics, "model": self.state}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.auc, self.state = state["epoch"], state["auc"], state["model"]
+        self.epoch, self.metrics, self.state = state["epoch"], state["metrics"], state["model"]
 
 
 @dataclass
@@ -195,7 +198,7 @@ def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainC
             summary.update({f"valid_{k}": v for k, v in metrics.items()})
         logger.info("epoch %(epoch)d: %(summary)s", {"epoch": epoch + 1, "summary": summary})
         result.epochs.append(summary)
-        if valid is not None and best.update(model, epoch + 1, summary["valid_auc"]):
+        if valid is not None and best.update(model, epoch + 1, summary):
             logger.info("early stop: no better validation AUC since epoch %d", best.epoch)
             break
     if best.state is not None:
