@@ -3,7 +3,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CPU_EXTENSION := $(VENV)/.dien-cpu-extension
 
-.PHONY: setup test demo compare benchmark-qps cluster-up cluster-down clean
+.PHONY: setup test demo compare benchmark-qps gpu-check cluster-up cluster-down clean
 
 # Re-installs only when the package definition changes.
 setup: $(STAMP) $(CPU_EXTENSION)
@@ -38,6 +38,20 @@ compare: setup
 # QPS_ARGS=--quick for a short run, QPS_ARGS="--url http://127.0.0.1:8000" for a running deployment.
 benchmark-qps: setup
 	$(PYTHON) jobs/benchmark_qps.py $(QPS_ARGS)
+
+# On a CUDA machine, which needs neither Ray nor the venv: the kernel and DIEN-training benchmarks, then the
+# Triton kernels compiled and checked against the reference (fp32 and bf16). GPU_PYTHON is a python with torch,
+# triton, pyarrow and pytest; GPU_OUT receives the JSON reports.
+GPU_PYTHON ?= python3
+GPU_OUT ?= runs/gpu
+gpu-check:
+	mkdir -p $(GPU_OUT)
+	PYTHONPATH=. $(GPU_PYTHON) jobs/bench_kernels.py --out $(GPU_OUT)/bench_kernels.json
+	PYTHONPATH=. $(GPU_PYTHON) jobs/bench_kernels.py --no-train --batches 4096 --hiddens 32 108 \
+		--out $(GPU_OUT)/bench_kernels_large_batch.json
+	PYTHONPATH=. $(GPU_PYTHON) jobs/bench_kernels.py --batches 128 --hiddens 108 --train-batch 1024 \
+		--train-hidden 108 --out $(GPU_OUT)/bench_training_teacher.json
+	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q --noconftest -p no:cacheprovider tests/test_kernels_triton.py
 
 # A local Ray head from $(VENV) with the dashboard and token authentication (NUM_CPUS=4 by default).
 cluster-up: setup

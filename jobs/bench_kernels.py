@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hiddens", type=int, nargs="+", default=None)
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per measurement (best kept)")
     parser.add_argument("--train-steps", type=int, default=None, help="timed DIEN training steps per backend")
+    parser.add_argument("--train-batch", type=int, default=None, help="samples per DIEN training step (default 128)")
+    parser.add_argument("--train-hidden", type=int, default=None, help="GRU hidden size of the trained DIEN (36)")
     parser.add_argument("--no-train", action="store_true", help="skip the end-to-end training benchmark")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return parser.parse_args(argv)
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = bench.configure(args.quick, batches=args.batches and tuple(args.batches),
                              hiddens=args.hiddens and tuple(args.hiddens), rounds=args.rounds,
-                             train_steps=args.train_steps)
+                             train_steps=args.train_steps, train_batch=args.train_batch,
+                             train_hidden=args.train_hidden)
     report = bench.run_benchmark(config, device, train=not args.no_train)
     print(bench.format_report(report))
     out = Path(args.out)
