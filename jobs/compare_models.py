@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--users", type=int, help="synthetic users")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--no-history-sum", action="store_true",
-                        help="DIN/DIEN MLPs without the sum-pooled history (the papers' inputs)")
+    parser.add_argument("--history-sum", action="store_true",
+                        help="DIN/DIEN MLPs also get the sum-pooled history (the official code's inputs)")
     parser.add_argument("--kernel", choices=("reference", "cpu"), help="kernel backend (default: the fastest)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--out", default="runs/compare_models.json", help="JSON report path")
@@ -58,8 +58,8 @@ def main() -> None:
         config = replace(config, synthetic=replace(config.synthetic, n_users=args.users))
     if args.epochs:
         config = replace(config, train=replace(config.train, epochs=args.epochs))
-    if args.no_history_sum:
-        config = replace(config, history_sum=False)
+    if args.history_sum:
+        config = replace(config, history_sum=True)
     if args.kernel:
         os.environ["DIEN_KERNEL"] = args.kernel
     torch.set_num_threads(args.threads)

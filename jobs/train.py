@@ -24,8 +24,8 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=36, help="GRU hidden size (teacher 108, student 32)")
     parser.add_argument("--attention", choices=("bilinear", "mlp"), default="bilinear")
     parser.add_argument("--activation", choices=("dice", "prelu"), default="dice")
-    parser.add_argument("--no-history-sum", action="store_true",
-                        help="DIN/DIEN MLP without the sum-pooled history (the papers' inputs)")
+    parser.add_argument("--history-sum", action="store_true",
+                        help="DIN/DIEN MLP also gets the sum-pooled history (the official code's inputs)")
     parser.add_argument("--out", help="artifact directory to export the trained model to")
     add_optimization_arguments(parser)
     add_cluster_arguments(parser, run_name="dien")
@@ -36,7 +36,7 @@ def main() -> int:
         data=args.data,
         model=args.model,
         model_options={"hidden": args.hidden, "attention": args.attention, "activation": args.activation,
-                       "history_sum": not args.no_history_sum},
+                       "history_sum": args.history_sum},
         train=train_config(args),
         cluster=cluster_config(args),
         bf16=args.bf16,

@@ -129,9 +129,9 @@ def test_agru_through_the_augru_kernel_is_paper_eq_10():
 
 
 @pytest.mark.parametrize("name", ["din", "dien"])
-def test_without_the_history_sum_the_mlp_sees_no_sum_pooling(name, small_dataset):
+def test_by_default_the_mlp_sees_no_sum_pooling(name, small_dataset):
     torch.manual_seed(0)
-    config = ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=16, history_sum=False)
+    config = ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=16)
     model = build_model(name, config)
     batch = next(iter(iterate_batches(small_dataset.splits["train"], 32)))
     logits = model(batch).logits
@@ -140,5 +140,14 @@ def test_without_the_history_sum_the_mlp_sees_no_sum_pooling(name, small_dataset
     history = model.encode_history(batch.hist_item, batch.hist_cat, batch.lengths)
     history.behavior_sum = history.behavior_sum * 7.0
     assert torch.allclose(model.score(history, batch.target_item, batch.target_cat), logits, atol=1e-5)
-    with_sum = build_model(name, ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=16))
+    with_sum = build_model(name, ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=16,
+                                             history_sum=True))
     assert with_sum.mlp.layers[0].in_features - model.mlp.layers[0].in_features == 2 * model.embedding.dim
+
+
+def test_a_config_saved_before_history_sum_existed_loads_with_the_sum():
+    """Artifacts written before the field existed were trained with the sum-pooled inputs."""
+    saved = ModelConfig(100, 10, history_sum=True).to_dict()
+    del saved["history_sum"]
+    assert ModelConfig.from_dict(saved).history_sum is True
+    assert ModelConfig.from_dict(ModelConfig(100, 10).to_dict()).history_sum is False

@@ -29,10 +29,10 @@ class ModelConfig:
     """Whether the model adds the auxiliary loss of the interest extractor."""
     aux_dims: tuple[int, ...] = (100, 50)
     """Hidden widths of the auxiliary network on concat(h_t, e_{t+1})."""
-    history_sum: bool = True
-    """DIN and DIEN: the MLP also gets the sum-pooled history and its product with the target, as in the
-    official DIEN code. False gives the papers' own inputs (DIEN Fig. 3: target and final interest; DIN:
-    target and attention-pooled history), without the sum-pooling shortcut."""
+    history_sum: bool = False
+    """DIN and DIEN: False gives the papers' own MLP inputs (DIEN Fig. 3: target and final interest; DIN:
+    target and attention-pooled history). True also feeds the sum-pooled history and its product with the
+    target, as the official DIEN code does; that shortcut lets the MLP ignore the attention path (README)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,4 +44,6 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config fields: {', '.join(sorted(unknown))}")
         tuples = {"mlp_dims", "aux_dims"}
+        # Artifacts written before history_sum existed were all trained with the sum-pooled inputs.
+        values = {"history_sum": True, **values}
         return cls(**{k: tuple(v) if k in tuples else v for k, v in values.items()})

@@ -14,8 +14,8 @@ from dien.model.pooling import embed_history
 
 class DIEN(CTRModel):
     """Embedding -> interest extractor (GRU, auxiliary loss) -> interest evolution -> MLP on
-    [target, sum, target * sum, final interest], the official code's feature set (``history_sum=False``:
-    [target, final interest], the paper's Fig. 3)."""
+    [target, final interest], the paper's Fig. 3 (``history_sum=True`` adds the official code's sum and
+    target * sum)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

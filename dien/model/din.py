@@ -12,8 +12,8 @@ from dien.model.pooling import embed_history
 
 
 class DIN(CTRModel):
-    """MLP over [target, sum, target * sum, attention-pooled history] (``history_sum=False``: [target,
-    attention-pooled history]), DIN's activation unit for attention."""
+    """MLP over [target, attention-pooled history] (``history_sum=True`` adds the official code's sum and
+    target * sum), DIN's activation unit for attention."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

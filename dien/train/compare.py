@@ -36,7 +36,7 @@ class CompareConfig:
     (DIEN, alpha 0.1 / 0.3 / 1: best validation AUC 0.833 / 0.835 / 0.815, mean of 2 seeds)."""
     hidden: int = 36
     """GRU hidden size of the sequence models."""
-    history_sum: bool = True
+    history_sum: bool = False
     """DIN and DIEN (and its ablations) also feed the sum-pooled history to their MLP (``ModelConfig``)."""
     models: tuple[str, ...] = tuple(MODELS)
     """Models to compare, by registry name."""
