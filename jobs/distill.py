@@ -24,6 +24,8 @@ def main() -> int:
     parser.add_argument("--mode", choices=MODES, default="frozen",
                         help="frozen: distil a trained teacher; joint: train teacher and student together")
     parser.add_argument("--hint-weight", type=float, default=1.0, help="lambda of the hint loss")
+    parser.add_argument("--init-embeddings", action=argparse.BooleanOptionalAction, default=True,
+                        help="frozen mode: start the student from a copy of the teacher's embedding tables")
     parser.add_argument("--model", default="dien", choices=list(MODELS), help="the student's model")
     parser.add_argument("--hidden", type=int, default=32, help="the student's GRU hidden size")
     parser.add_argument("--teacher-model", default="dien", choices=list(MODELS), help="joint mode: the teacher's model")
@@ -40,6 +42,7 @@ def main() -> int:
             cluster=cluster_config(args), bf16=args.bf16, length_buckets=args.length_buckets,
             teacher=args.teacher, teacher_model=args.teacher_model,
             teacher_options={"hidden": args.teacher_hidden}, hint_weight=args.hint_weight, mode=args.mode,
+            init_embeddings=args.init_embeddings,
         )
         described = job.describe()
         result = run_training(job)

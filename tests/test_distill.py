@@ -1,12 +1,20 @@
 """Distillation: the hint never trains the teacher; a distilled student artifact loads and scores."""
+import pytest
 import torch
 
-from dien.artifacts import load_artifact
+from dien.artifacts import load_artifact, save_artifact
 from dien.model import ModelConfig, build_model
 from dien.train.distill import DistillationModel, DistillJob
 from dien.train.distributed import ClusterConfig, export_artifact, run_training
 from dien.train.evaluate import evaluate_artifact
 from dien.train.loop import TrainConfig, iterate_batches, make_optimizer, train_step
+
+
+def untrained_teacher_artifact(dataset, path, **options):
+    config = ModelConfig(dataset.n_items, dataset.n_cats, **options)
+    vocabularies = dataset.vocabularies()
+    return save_artifact(path, build_model("dien", config), "dien", config, vocabularies.item,
+                         vocabularies.category, dataset.max_len)
 
 
 def pair(dataset, joint):
@@ -64,3 +72,28 @@ def test_distilled_student_artifact_loads_and_scores(prepared_dataset, tmp_path)
     assert distillation["teacher"]["weights_sha256"] == load_artifact(teacher_dir).manifest["files"]["weights.pt"]
     metrics = evaluate_artifact(student, prepared_dataset)
     assert 0.0 <= metrics["auc"] <= 1.0 and metrics["logloss"] > 0
+
+
+def test_frozen_student_starts_from_a_copy_of_the_teachers_embeddings(prepared_dataset, tmp_path):
+    torch.manual_seed(0)
+    teacher_dir = untrained_teacher_artifact(prepared_dataset, tmp_path / "teacher", hidden=24)
+    job = DistillJob(data=str(prepared_dataset.path), model="dien", model_options={"hidden": 8},
+                     teacher=str(teacher_dir))
+    model = job.build(prepared_dataset)
+    teacher_tables, student_tables = model.teacher.embedding.state_dict(), model.student.embedding.state_dict()
+    assert all(torch.equal(student_tables[name], table) for name, table in teacher_tables.items())
+    # A copy: training the student's tables leaves the frozen teacher's alone.
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(model.teacher.embedding.parameters(),
+                                                             model.student.embedding.parameters()))
+    assert job.describe()["distillation"]["init_embeddings"] is True
+
+    fresh = DistillJob(**{**job.__dict__, "init_embeddings": False}).build(prepared_dataset)
+    assert not torch.equal(fresh.student.embedding.state_dict()["items.weight"], teacher_tables["items.weight"])
+
+
+def test_embeddings_of_another_width_are_refused_by_name(prepared_dataset, tmp_path):
+    teacher_dir = untrained_teacher_artifact(prepared_dataset, tmp_path / "teacher", hidden=24, item_dim=12)
+    job = DistillJob(data=str(prepared_dataset.path), model="dien", model_options={"hidden": 8},
+                     teacher=str(teacher_dir))
+    with pytest.raises(ValueError, match="embedding tables differ in shape"):
+        job.build(prepared_dataset)

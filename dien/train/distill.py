@@ -5,7 +5,9 @@ auxiliary loss, and a hint from a large teacher's logits.
 
 Two modes: ``frozen`` distils a trained teacher artifact (the teacher is fixed, in eval mode); ``joint`` trains
 teacher and student together from scratch (the paper's booster and light nets), the teacher with its own
-click and auxiliary losses and the hint reaching only the student.
+click and auxiliary losses and the hint reaching only the student. In frozen mode the student starts from a copy
+of the teacher's embedding tables by default: Rocket Launching's light net shares the booster's lower layers,
+and the hidden-size compression leaves the embeddings' shape unchanged.
 """
 from __future__ import annotations
 
@@ -67,6 +69,20 @@ class DistillationModel(CTRModel):
         return ModelOutput(logits=student.logits, aux_loss=student.aux_loss, extra_loss=extra + self.hint_weight * hint)
 
 
+def copy_embeddings(teacher: CTRModel, student: CTRModel) -> None:
+    """Load the teacher's item and category embedding tables into the student (same widths required)."""
+    source, target = getattr(teacher, "embedding", None), getattr(student, "embedding", None)
+    if source is None or target is None:
+        raise ValueError("copying embeddings needs a teacher and a student with behavior embeddings "
+                         "(DIN, DIEN or a pooling model)")
+    mismatched = {name: (tuple(value.shape), tuple(target.state_dict()[name].shape))
+                  for name, value in source.state_dict().items() if value.shape != target.state_dict()[name].shape}
+    if mismatched:
+        raise ValueError(f"the teacher's and the student's embedding tables differ in shape {mismatched}; "
+                         f"give the student the teacher's item_dim/cat_dim or turn off init_embeddings")
+    target.load_state_dict(source.state_dict())
+
+
 @dataclass(frozen=True)
 class DistillJob(TrainJob):
     """A :class:`TrainJob` whose ``model``/``model_options`` describe the student."""
@@ -81,6 +97,8 @@ class DistillJob(TrainJob):
     """lambda of the hint loss."""
     mode: str = "frozen"
     """frozen or joint."""
+    init_embeddings: bool = True
+    """frozen mode: the student's embedding tables start as a copy of the teacher's (then train on)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -101,6 +119,8 @@ class DistillJob(TrainJob):
                     and artifact.categories.tokens.equals(vocabularies.category.tokens)):
                 raise ValueError(f"teacher {self.teacher} was trained with other vocabularies than {dataset.path}")
             teacher = artifact.model
+            if self.init_embeddings:
+                copy_embeddings(teacher, student)
         else:
             options = self.teacher_options or {"hidden": 108}
             teacher = build_model(self.teacher_model, resolve_config(
@@ -114,6 +134,7 @@ class DistillJob(TrainJob):
         """What the student artifact's manifest records about its distillation."""
         described: dict[str, Any] = {"mode": self.mode, "hint_weight": self.hint_weight}
         if self.mode == "frozen":
+            described["init_embeddings"] = self.init_embeddings
             teacher = load_artifact(self.teacher)
             described["teacher"] = {"path": str(self.teacher), "name": teacher.name,
                                     "version": teacher.manifest["version"],

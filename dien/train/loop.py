@@ -174,10 +174,12 @@ class FitResult:
         return self.train_samples / self.train_seconds if self.train_seconds else 0.0
 
 
-def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainConfig) -> FitResult:
+def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainConfig,
+        device: torch.device | str = "cpu") -> FitResult:
     """Single-process training on in-memory sample tables, evaluating on ``valid`` after every epoch.
 
-    With ``config.patience`` the model ends with the weights of its best validation epoch.
+    ``model`` must already be on ``device``; batches are moved there. With ``config.patience`` the model ends
+    with the weights of its best validation epoch.
     """
     if config.patience is not None and valid is None:
         raise ValueError("early stopping (patience) needs a validation split")
@@ -186,7 +188,7 @@ def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainC
     best = BestEpoch(config.patience)
     for epoch in range(config.epochs):
         started = time.perf_counter()
-        losses = [train_step(model, batch, optimizer, config).loss
+        losses = [train_step(model, batch.to(device), optimizer, config).loss
                   for batch in iterate_batches(train, config.batch_size, shuffle_seed=config.seed * 1000 + epoch)]
         elapsed = time.perf_counter() - started
         scheduler.step()
@@ -194,7 +196,7 @@ def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainC
         result.train_samples += train.num_rows
         summary = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "samples_per_second": train.num_rows / elapsed}
         if valid is not None:
-            metrics = predict(model, iterate_batches(valid, config.eval_batch_size)).metrics()
+            metrics = predict(model, iterate_batches(valid, config.eval_batch_size), device).metrics()
             summary.update({f"valid_{k}": v for k, v in metrics.items()})
         logger.info("epoch %(epoch)d: %(summary)s", {"epoch": epoch + 1, "summary": summary})
         result.epochs.append(summary)
