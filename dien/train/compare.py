@@ -37,7 +37,8 @@ class CompareConfig:
     hidden: int = 36
     """GRU hidden size of the sequence models."""
     history_sum: bool = False
-    """DIN and DIEN (and its ablations) also feed the sum-pooled history to their MLP (``ModelConfig``)."""
+    """True: DIN and DIEN (and its ablations) also feed the sum-pooled history to their MLP, as the official
+    code does (``ModelConfig``); False: the papers' inputs."""
     models: tuple[str, ...] = tuple(MODELS)
     """Models to compare, by registry name."""
     seeds: tuple[int, ...] = (0, 1, 2)
