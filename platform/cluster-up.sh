@@ -10,8 +10,9 @@
 # under its own temp dir (RAY_TEMP_DIR, default /tmp/ray-dien): cluster-down.sh stops exactly the processes
 # of this cluster (`ray stop` would stop every Ray on the machine, other people's embedded ones included).
 #
-# Settings (environment): NUM_CPUS (4), RAY_PORT (6379, GCS), DASHBOARD_PORT (8265), RAY_TEMP_DIR,
-# VENV (.venv). Everything listens on 127.0.0.1 only.
+# Settings (environment): NUM_CPUS (4), RAY_PORT (6379, GCS), DASHBOARD_PORT (8265), AGENT_PORT (52375, the
+# dashboard agent's HTTP port, through which `ray job submit` reaches the head), RAY_TEMP_DIR, VENV (.venv).
+# Everything listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,9 @@ VENV=${VENV:-.venv}
 NUM_CPUS=${NUM_CPUS:-4}
 RAY_PORT=${RAY_PORT:-6379}
 DASHBOARD_PORT=${DASHBOARD_PORT:-8265}
+# Not Ray's default 52365: an embedded ray.init() on the same machine holds that one, and an agent that cannot
+# bind it leaves the cluster up but refusing every job ("No available agent to submit job").
+AGENT_PORT=${AGENT_PORT:-52375}
 RAY_TEMP_DIR=${RAY_TEMP_DIR:-/tmp/ray-dien}
 STATE_DIR=runs/cluster
 RAY="$VENV/bin/ray"
@@ -43,6 +47,7 @@ mkdir -p "$STATE_DIR"
 "$RAY" start --head \
     --node-ip-address=127.0.0.1 --port="$RAY_PORT" --num-cpus="$NUM_CPUS" \
     --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
+    --dashboard-agent-listen-port="$AGENT_PORT" \
     --temp-dir="$RAY_TEMP_DIR" --disable-usage-stats >"$STATE_DIR/start.log" 2>&1 || {
     echo "error: ray start failed:" >&2
     tail -n 30 "$STATE_DIR/start.log" >&2
