@@ -23,7 +23,7 @@ def main() -> int:
     parser.add_argument("--teacher", help="teacher artifact (frozen mode)")
     parser.add_argument("--mode", choices=MODES, default="frozen",
                         help="frozen: distil a trained teacher; joint: train teacher and student together")
-    parser.add_argument("--hint-weight", type=float, default=1.0, help="lambda of the hint loss")
+    parser.add_argument("--hint-weight", type=float, default=0.1, help="lambda of the hint loss")
     parser.add_argument("--init-embeddings", action=argparse.BooleanOptionalAction, default=True,
                         help="frozen mode: start the student from a copy of the teacher's embedding tables")
     parser.add_argument("--model", default="dien", choices=list(MODELS), help="the student's model")

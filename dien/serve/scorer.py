@@ -12,6 +12,7 @@ import torch
 from ray import serve
 from ray.serve import metrics
 
+from dien.allocator import retain_freed_memory
 from dien.artifacts import ModelArtifact, load_artifact
 from dien.serve.config import ScorerConfig, resolve_path
 from dien.serve.scoring import ScoreJob, ScoreResult, TokenIndex, score_jobs
@@ -59,6 +60,8 @@ class Scorer:
 
     def __init__(self, model: str, device: str = "auto",
                  loader: Callable[..., ModelArtifact] = load_artifact) -> None:
+        # Each batch allocates tens of MB; glibc would unmap them on free and fault them in again next batch.
+        retain_freed_memory()
         self.device = pick_device(device)
         self.artifact = loader(resolve_path(model, "model artifact"), device=self.device)
         self.items = TokenIndex(self.artifact.items)

@@ -93,7 +93,7 @@ class DistillJob(TrainJob):
     """joint mode: the teacher's registry name."""
     teacher_options: dict[str, Any] | None = None
     """joint mode: the teacher's ModelConfig fields (default: hidden 108)."""
-    hint_weight: float = 1.0
+    hint_weight: float = 0.1
     """lambda of the hint loss."""
     mode: str = "frozen"
     """frozen or joint."""

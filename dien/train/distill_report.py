@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from dien.allocator import retain_freed_memory
 from dien.artifacts import load_artifact
 from dien.cluster import connect
 from dien.data.batch import collate
@@ -35,13 +36,17 @@ class DistillReportConfig:
     """A prepared dataset to use; None prepares the default synthetic data under ``out``."""
     teacher_hidden: int = 108
     student_hidden: int = 32
-    hint_weight: float = 1.0
+    hint_weight: float = 0.1
+    """lambda; on the default data 0.1 gave a better validation AUC than 1 (0.9547 vs 0.9503)."""
     train: TrainConfig = field(default_factory=lambda: CompareConfig().train)
     """The budget every model gets: the comparison's (early stopping on validation AUC)."""
     workers: int = 2
     requests: int = 16
     """Requests in the scoring-cost measurement."""
     candidates_per_request: int = 100
+    scoring_rounds: int = 5
+    """Rounds of the scoring-cost measurement, the three models taking turns in each; every model keeps its
+    best round, so a busy moment of the machine or the allocator's warm-up does not land on one model only."""
 
 
 def _train(job: TrainJob, out: Path, extra: dict[str, Any] | None = None) -> Path:
@@ -83,17 +88,21 @@ def run_report(config: DistillReportConfig) -> dict[str, Any]:
                      out / "scratch")
 
     probe = collate(dataset.read_split("test").slice(0, config.requests))
-    # Per-core cost, as a scorer replica with torch_threads=1 pays it (and steady on a shared machine).
+    # Per-core cost, as a scorer replica with torch_threads=1 and its allocator setting pays it.
+    retain_freed_memory()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    rows = []
-    for role, path in (("teacher", teacher), ("distilled student", student), ("student from scratch", scratch)):
-        artifact = load_artifact(path)
-        rows.append({"role": role, "artifact": str(path), "hidden": artifact.config.hidden,
-                     **evaluate_artifact(artifact, dataset),
-                     "candidates_per_second": candidates_per_second(artifact.model, probe,
-                                                                    config.candidates_per_request)})
+    artifacts = {role: (path, load_artifact(path)) for role, path in
+                 (("teacher", teacher), ("distilled student", student), ("student from scratch", scratch))}
+    rates = dict.fromkeys(artifacts, 0.0)
+    for _ in range(config.scoring_rounds):
+        for role, (_, artifact) in artifacts.items():
+            rate = candidates_per_second(artifact.model, probe, config.candidates_per_request)
+            rates[role] = max(rates[role], rate)
     torch.set_num_threads(threads)
+    rows = [{"role": role, "artifact": str(path), "hidden": artifact.config.hidden,
+             **evaluate_artifact(artifact, dataset), "candidates_per_second": rates[role]}
+            for role, (path, artifact) in artifacts.items()]
     by_role = {r["role"]: r for r in rows}
     teacher_row, student_row = by_role["teacher"], by_role["distilled student"]
     goals = {
