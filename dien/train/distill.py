@@ -75,12 +75,11 @@ def copy_embeddings(teacher: CTRModel, student: CTRModel) -> None:
     if source is None or target is None:
         raise ValueError("copying embeddings needs a teacher and a student with behavior embeddings "
                          "(DIN, DIEN or a pooling model)")
-    mismatched = {name: (tuple(value.shape), tuple(target.state_dict()[name].shape))
-                  for name, value in source.state_dict().items() if value.shape != target.state_dict()[name].shape}
-    if mismatched:
-        raise ValueError(f"the teacher's and the student's embedding tables differ in shape {mismatched}; "
-                         f"give the student the teacher's item_dim/cat_dim or turn off init_embeddings")
-    target.load_state_dict(source.state_dict())
+    try:
+        target.load_state_dict(source.state_dict())
+    except RuntimeError as error:
+        raise ValueError(f"the teacher's and the student's embedding tables differ in shape ({error}); give the "
+                         f"student the teacher's item_dim/cat_dim or turn off init_embeddings") from error
 
 
 @dataclass(frozen=True)
