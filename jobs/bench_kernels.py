@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dien.kernels import bench
+from dien.bench import kernels as kernel_bench
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    config = bench.configure(args.quick, batches=args.batches and tuple(args.batches),
+    config = kernel_bench.configure(args.quick, batches=args.batches and tuple(args.batches),
                              hiddens=args.hiddens and tuple(args.hiddens), rounds=args.rounds,
                              train_steps=args.train_steps, train_batch=args.train_batch,
                              train_hidden=args.train_hidden)
-    report = bench.run_benchmark(config, device, train=not args.no_train)
-    print(bench.format_report(report))
+    report = kernel_bench.run_benchmark(config, device, train=not args.no_train)
+    print(kernel_bench.format_report(report))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_dict(), indent=2))

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from dien.model import MODELS
-from dien.train.compare import CompareConfig, compare_models, format_table, merge_reports, write_report
+from dien.bench.compare import CompareConfig, compare_models, format_table, merge_reports, write_report
 
 PRESETS = {
     "default": CompareConfig(),

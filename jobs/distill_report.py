@@ -9,7 +9,7 @@ import argparse
 import logging
 from dataclasses import replace
 
-from dien.train.distill_report import DistillReportConfig, format_report, run_report
+from dien.bench.distill_report import DistillReportConfig, format_report, run_report
 
 
 def main() -> None:

@@ -7,9 +7,9 @@ import pytest
 SCORE_AND_COUNT_FAULTS = """
 import resource, sys, torch
 from dien.allocator import retain_freed_memory
-from dien.kernels.bench import random_batch
+from dien.bench.kernels import random_batch
 from dien.model import ModelConfig, build_model
-from dien.train.scoring_cost import candidates_per_second
+from dien.bench.scoring_cost import candidates_per_second
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 torch.set_num_threads(1)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from dien.data.samples import SampleConfig
-from dien.train.compare import CompareConfig, compare_models, format_table, merge_reports
+from dien.bench.compare import CompareConfig, compare_models, format_table, merge_reports
 from dien.train.loop import TrainConfig
 
 from conftest import SMALL_WORLD

@@ -8,7 +8,7 @@ import torch
 
 from dien import kernels
 from dien.kernels import cpu
-from dien.kernels.cases import forward_backward, make_inputs, run
+from dien.bench.kernel_cases import forward_backward, make_inputs, run
 
 
 @pytest.fixture(params=["extension", "pytorch"])

@@ -25,7 +25,7 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from dien import kernels  # noqa: E402
 from dien.kernels import triton_recurrence  # noqa: E402
-from dien.kernels.cases import forward_backward, make_inputs, run  # noqa: E402
+from dien.bench.kernel_cases import forward_backward, make_inputs, run  # noqa: E402
 
 if DEVICE == "cpu" and not isinstance(triton_recurrence._recurrence_fwd_kernel, InterpretedFunction):
     importlib.reload(triton_recurrence)

@@ -35,7 +35,7 @@ from dien.serve import RequestLimits, ScorerConfig, ServeArgs
 from dien.serve.config import resolve_path
 from dien.serve.history import UserHistoryStore
 from dien.serve.ingress import BATCH_SIZE_HEADER, INGRESS
-from dien.serve.redeploy_check import LoadProbe, config_with_model, wait_for_version
+from dien.bench.redeploy_check import LoadProbe, config_with_model, wait_for_version
 from dien.serve.scorer import SCORER
 from dien.serve.scoring import ScoreJob, TokenIndex, score_jobs
 from dien.train.evaluate import id_translation

@@ -24,9 +24,11 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from dien.bench.kernel_cases import OPS, RecurrenceInputs, forward_backward, make_inputs, run
 from dien.data.batch import Batch
 from dien.kernels import dispatch
-from dien.kernels.cases import OPS, RecurrenceInputs, forward_backward, make_inputs, run
+from dien.model import ModelConfig, build_model
+from dien.train.loop import TrainConfig, make_optimizer, train_step
 
 logger = logging.getLogger(__name__)
 
@@ -263,10 +265,6 @@ def _kernel_backend(name: str) -> Iterator[None]:
 
 
 def bench_training(config: BenchConfig, device: torch.device) -> Iterator[TrainResult]:
-    # Imported here: the kernels package itself must not depend on the model code.
-    from dien.model import ModelConfig, build_model
-    from dien.train.loop import TrainConfig, make_optimizer, train_step
-
     n_items, n_cats = 10_000, 100
     generator = torch.Generator().manual_seed(0)
     batches = [random_batch(config.train_batch, config.steps, n_items, n_cats, generator).to(device)

@@ -7,7 +7,7 @@ environment: set ``RAY_AUTH_MODE=token`` (token-auth clusters) and ``RAY_DASHBOA
 localhost:8265) as for any ``serve`` command. Afterwards the cluster serves the new model: put its path
 in the config file too.
 
-    RAY_AUTH_MODE=token .venv/bin/python -m dien.serve.redeploy_check \\
+    RAY_AUTH_MODE=token .venv/bin/python -m dien.bench.redeploy_check \\
         --config serve_configs/local.yaml --model "$PWD/artifacts/student-v2" --url http://127.0.0.1:8000
 """
 from __future__ import annotations

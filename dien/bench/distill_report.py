@@ -18,12 +18,12 @@ from dien.data.dataset_dir import DatasetDir
 from dien.data.pipeline import PrepareConfig, prepare
 from dien.data.readers import SourceConfig
 from dien.data.samples import SampleConfig
-from dien.train.compare import CompareConfig
+from dien.bench.compare import CompareConfig
 from dien.train.distill import DistillJob
 from dien.train.distributed import ClusterConfig, TrainJob, export_artifact, run_training
 from dien.train.evaluate import evaluate_artifact
 from dien.train.loop import TrainConfig
-from dien.train.scoring_cost import candidates_per_second
+from dien.bench.scoring_cost import candidates_per_second
 
 logger = logging.getLogger(__name__)
 
