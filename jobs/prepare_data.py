@@ -16,7 +16,7 @@ import sys
 import ray
 
 from dien.cluster import connect
-from dien.data.events import ColumnMapping, InputError
+from dien.data.events import ColumnMapping, InputError, ItemColumns
 from dien.data.formats import FORMATS
 from dien.data.pipeline import PrepareConfig, PrepareSummary, prepare
 from dien.data.readers import SOURCES, SourceConfig
@@ -25,7 +25,7 @@ from dien.data.synthetic import SyntheticConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    defaults, synthetic = SampleConfig(), SyntheticConfig()
+    defaults, synthetic, source_defaults = SampleConfig(), SyntheticConfig(), SourceConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", choices=SOURCES, default="synthetic")
     parser.add_argument("--input", nargs="+", action="extend", default=[], metavar="PATH",
@@ -35,6 +35,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-events", help="comma-separated event types to keep, e.g. click,buy")
     parser.add_argument("--meta", nargs="+", action="extend", default=[], metavar="PATH",
                         help="amazon: metadata files (asin, categories)")
+    items = parser.add_argument_group("item table (events source)")
+    items.add_argument("--items", nargs="+", action="extend", default=[], metavar="PATH",
+                       help="item table files giving each item's category (e.g. MovieLens movies.csv); the log's "
+                            "category column is then not read, and events of items the table lacks get the "
+                            "out-of-vocabulary category")
+    items.add_argument("--items-format", choices=FORMATS, help="item table format (default: from the extension)")
+    items.add_argument("--item-columns", help="item table column mapping item=…,category=… "
+                                              "(default item=item_id,category=category)")
+    items.add_argument("--category-separator", default=source_defaults.category_separator,
+                       help="a multi-valued category A|B|C takes its first value; '' keeps the whole text "
+                            "(default %(default)r)")
     parser.add_argument("--out", required=True, help="dataset directory to write")
 
     samples = parser.add_argument_group("samples")
@@ -62,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size = generator.add_mutually_exclusive_group()
     size.add_argument("--users", type=int, help=f"users (default {synthetic.n_users})")
     size.add_argument("--events", type=int, help="about this many events (sets --users from the events per user)")
-    generator.add_argument("--items", type=int, default=synthetic.n_items)
+    generator.add_argument("--n-items", type=int, default=synthetic.n_items, help="distinct items")
     generator.add_argument("--categories", type=int, default=synthetic.n_categories)
     generator.add_argument("--min-events", type=int, default=synthetic.min_events, help="fewest events per user")
     generator.add_argument("--max-events", type=int, default=synthetic.max_events, help="most events per user")
@@ -81,7 +92,7 @@ def build_config(args: argparse.Namespace) -> PrepareConfig:
     if args.events is not None:
         users = max(1, round(args.events / ((args.min_events + args.max_events) / 2)))
     synthetic = SyntheticConfig(
-        n_users=users or SyntheticConfig.n_users, n_items=args.items, n_categories=args.categories,
+        n_users=users or SyntheticConfig.n_users, n_items=args.n_items, n_categories=args.categories,
         min_events=args.min_events, max_events=args.max_events, drift=args.drift, successors=args.successors,
         noise=args.noise, zipf=args.zipf, block_size=args.block_size,
         seed=args.seed if args.data_seed is None else args.data_seed,
@@ -89,7 +100,8 @@ def build_config(args: argparse.Namespace) -> PrepareConfig:
     source = SourceConfig(
         kind=args.source, inputs=tuple(args.input), format=args.format, columns=ColumnMapping.parse(args.columns),
         keep_events=tuple(e.strip() for e in args.keep_events.split(",")) if args.keep_events else None,
-        meta=tuple(args.meta), synthetic=synthetic,
+        meta=tuple(args.meta), synthetic=synthetic, items=tuple(args.items), items_format=args.items_format,
+        item_columns=ItemColumns.parse(args.item_columns), category_separator=args.category_separator or None,
     )
     samples = SampleConfig(protocol=args.protocol, max_len=args.max_len, min_history=args.min_history,
                            test_fraction=args.test_fraction, valid_fraction=args.valid_fraction, seed=args.seed)
@@ -106,6 +118,9 @@ def print_summary(summary: PrepareSummary) -> None:
     print(f"  rejected      {rejected}")
     print(f"  users         {summary.users:,}")
     print(f"  items         {summary.items:,} in {summary.categories:,} categories")
+    if summary.uncategorized.get("events"):
+        print(f"  no category   {summary.uncategorized['events']:,} events of {summary.uncategorized['items']:,} "
+              "items the item table does not list (out-of-vocabulary category)")
     print("  samples       " + " | ".join(f"{split} {n:,}" for split, n in summary.samples.items()))
 
 

@@ -15,7 +15,7 @@ import pytest
 import ray
 
 from dien.data.dataset_dir import DatasetDir
-from dien.data.events import ColumnMapping, InputError
+from dien.data.events import ColumnMapping, InputError, ItemColumns
 from dien.data.local import build_local_dataset
 from dien.data.pipeline import PrepareConfig, prepare
 from dien.data.readers import SourceConfig, read_checked_events
@@ -313,3 +313,49 @@ def test_amazon_reviews_take_the_category_from_the_metadata(ray_session, tmp_pat
         [item] = vocab.item.encode(pa.array([asin]))
         assert vocab.category.lookup([vocab.item_category[item]]) == [category]
     assert sum(dataset.manifest["counts"].values()) == 12
+
+
+# ---------------------------------------------------------------- event logs with an item table
+
+
+def test_item_table_gives_categories_first_value_and_counts_items_it_lacks(ray_session, tmp_path):
+    ratings = ["userId,movieId,rating,timestamp"]
+    ratings += [f"{u},{(u + k) % 4 + 1},4.0,{1_000_000 + 60 * k}" for u in range(5) for k in range(5)]
+    ratings += ["0,99,3.0,1000900", "1,99,3.0,1000900"]  # movie 99 is not in the item table
+    (tmp_path / "ratings.csv").write_text("\n".join(ratings) + "\n")
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n1,A,Action|Comedy\n2,\"B, the\",Drama\n"
+                                         "3,C, Comedy |Drama\n4,D,(no genres listed)\n")
+    source = SourceConfig(kind="events", inputs=(str(tmp_path / "ratings.csv"),),
+                          columns=ColumnMapping(user_id="userId", item_id="movieId", timestamp="timestamp"),
+                          items=(str(tmp_path / "movies.csv"),), item_columns=ItemColumns("movieId", "genres"))
+    dataset = run(tmp_path, source=source, samples=SampleConfig(protocol="sliding", max_len=10))
+
+    assert dataset.manifest["events"]["kept"] == 27 and dataset.manifest["rejected"] == {}
+    assert dataset.manifest["uncategorized"] == {"events": 2, "items": 1}
+    assert dataset.manifest["source"]["items"]["category_rule"] == "the first of the values separated by '|'"
+    vocab = dataset.vocabularies()
+    expected = {"1": "Action", "2": "Drama", "3": "Comedy", "4": "(no genres listed)", "99": None}
+    for movie, genre in expected.items():
+        [item] = vocab.item.encode(pa.array([movie]))
+        assert vocab.category.lookup([vocab.item_category[item]]) == [genre], movie
+    [missing] = vocab.item.encode(pa.array(["99"]))
+    assert vocab.item_category[missing] == OUT_OF_VOCABULARY
+    samples = pa.concat_tables([dataset.read_split(split) for split in SPLITS])
+    targets = samples.filter(pc.equal(samples.column("target_item"), int(missing)))
+    assert targets.num_rows and set(targets.column("target_cat").to_pylist()) == {OUT_OF_VOCABULARY}
+
+
+def test_item_table_errors_name_the_file_and_column(ray_session, tmp_path):
+    (tmp_path / "ratings.csv").write_text("userId,movieId,timestamp\n1,1,5\n1,2,6\n")
+    (tmp_path / "movies.csv").write_text("movieId,title\n1,A\n")
+    columns = ColumnMapping(user_id="userId", item_id="movieId", timestamp="timestamp")
+    events = (str(tmp_path / "ratings.csv"),)
+    with pytest.raises(InputError, match=r"column 'genres' \(for category\) is missing in .*movies.csv"):
+        run(tmp_path, source=SourceConfig(kind="events", inputs=events, columns=columns,
+                                          items=(str(tmp_path / "movies.csv"),),
+                                          item_columns=ItemColumns("movieId", "genres")))
+    with pytest.raises(InputError, match="input file .*absent.csv does not exist"):
+        run(tmp_path, source=SourceConfig(kind="events", inputs=events, columns=columns,
+                                          items=(str(tmp_path / "absent.csv"),)))
+    with pytest.raises(InputError, match="--items applies to the events source"):
+        SourceConfig(kind="synthetic", items=(str(tmp_path / "movies.csv"),))

@@ -90,7 +90,7 @@ def test_json_records_reject_wrong_types_and_accept_python_literals():
         '{"uid": "u6", "sku"',
         '[1, 2]',
     ]
-    checked = check_events(parse_json_records(lines, MAPPING), "f.jsonl")
+    checked = check_events(parse_json_records(lines, MAPPING.fields()), "f.jsonl")
     assert checked.column("reject_reason").to_pylist() == [
         None, None, "wrong type user_id", "wrong type timestamp", None, "malformed record", "malformed record"]
     assert checked.column("user_id").to_pylist()[4] == "5"
@@ -103,8 +103,8 @@ def test_amazon_category_is_the_last_level_of_the_first_path():
     assert amazon_category({"categories": []}) is None
     meta = parse_amazon_meta(["{'asin': 'A1', 'categories': [['Books', 'Kids']], 'title': \"it's\"}",
                               '{"asin": "A2", "categories": [["Books"]]}', "not a record", '{"title": "x"}'])
-    assert meta.to_pylist() == [{"asin": "A1", "category": "Kids"}, {"asin": "A2", "category": "Books"},
-                                {"asin": None, "category": None}, {"asin": None, "category": None}]
+    assert meta.to_pylist() == [{"item_id": "A1", "category": "Kids"}, {"item_id": "A2", "category": "Books"},
+                                {"item_id": None, "category": None}, {"item_id": None, "category": None}]
 
 
 def test_inputs_expand_directories_and_globs_and_name_what_is_missing(tmp_path):

@@ -60,23 +60,45 @@ class ColumnMapping:
     def parse(cls, text: str | None) -> "ColumnMapping":
         """From ``"user=uid,item=sku,category=cat,timestamp=ts[,event_type=kind]"``; unnamed fields keep
         their default column names."""
-        if not text:
-            return cls()
-        mapping = {}
-        for part in text.split(","):
-            field, sep, column = (s.strip() for s in part.partition("="))
-            if not sep or not column or field not in cls.SHORT_NAMES:
-                raise InputError(f"bad column mapping {part!r}: expected FIELD=COLUMN with FIELD one of "
-                                 f"{', '.join(sorted(set(cls.SHORT_NAMES)))}")
-            mapping[cls.SHORT_NAMES[field]] = column
-        return cls(**mapping)
+        return cls(**parse_column_pairs(text, cls.SHORT_NAMES))
 
-    def fields(self) -> dict[str, str]:
-        """Normalized field name -> input column name, for the fields this mapping reads."""
-        names = {f: getattr(self, f) for f in REQUIRED_FIELDS}
+    def fields(self, category: bool = True) -> dict[str, str]:
+        """Normalized field name -> input column name, for the fields this mapping reads (``category=False``:
+        all but the category, which an item table gives instead)."""
+        names = {f: getattr(self, f) for f in REQUIRED_FIELDS if category or f != "category"}
         if self.event_type:
             names["event_type"] = self.event_type
         return names
+
+
+@dataclass(frozen=True)
+class ItemColumns:
+    """Which column of an item table holds the item and which its category."""
+
+    item_id: str = "item_id"
+    category: str = "category"
+
+    SHORT_NAMES = {"item": "item_id", "category": "category", "cat": "category"}
+
+    @classmethod
+    def parse(cls, text: str | None) -> "ItemColumns":
+        """From ``"item=movieId,category=genres"``; unnamed fields keep their default column names."""
+        return cls(**parse_column_pairs(text, cls.SHORT_NAMES))
+
+    def fields(self) -> dict[str, str]:
+        return {"item_id": self.item_id, "category": self.category}
+
+
+def parse_column_pairs(text: str | None, short_names: dict[str, str]) -> dict[str, str]:
+    """``"field=column,..."`` as {normalized field: column}; fields by their short names."""
+    mapping: dict[str, str] = {}
+    for part in (text.split(",") if text else []):
+        field, sep, column = (s.strip() for s in part.partition("="))
+        if not sep or not column or field not in short_names:
+            raise InputError(f"bad column mapping {part!r}: expected FIELD=COLUMN with FIELD one of "
+                             f"{', '.join(sorted(set(short_names)))}")
+        mapping[short_names[field]] = column
+    return mapping
 
 
 def parse_iso_timestamp(text: str) -> int | None:
@@ -129,7 +151,8 @@ def _identifiers(column: pa.Array, field: str, source: str) -> pa.Array:
     return pc.if_else(pc.equal(pc.utf8_trim_whitespace(column), ""), None, column)
 
 
-def check_events(raw: pa.Table, source: str, keep_events: Iterable[str] | None = None) -> pa.Table:
+def check_events(raw: pa.Table, source: str, keep_events: Iterable[str] | None = None,
+                 category_optional: bool = False) -> pa.Table:
     """Each raw row with its outcome (``CHECKED_SCHEMA``), in input order.
 
     ``raw`` has the required fields under their normalized names, optionally ``event_type``, and
@@ -138,6 +161,8 @@ def check_events(raw: pa.Table, source: str, keep_events: Iterable[str] | None =
     report for a rejected row; by default the row's values as JSON).
     ``keep_events``: event types to keep; other rows (also those without a type) are ``filtered``
     before their fields are checked.
+    ``category_optional``: a missing category is kept as null (it encodes as out-of-vocabulary) instead of
+    rejecting the row: the category comes from an item table that does not list every item.
     """
     names = raw.column_names
     for field in REQUIRED_FIELDS:
@@ -160,6 +185,8 @@ def check_events(raw: pa.Table, source: str, keep_events: Iterable[str] | None =
         kept_type = pc.fill_null(pc.is_in(event_type, value_set=pa.array(list(keep_events), pa.string())), False)
     reason = pc.if_else(pc.or_(preset.is_valid(), kept_type), preset, None)
     for field in REQUIRED_FIELDS:
+        if field == "category" and category_optional:
+            continue
         problems = [("bad timestamp", bad_timestamp)] if field == "timestamp" else []
         problems.append((f"missing {field}", values[field].is_null()))
         for text, mask in problems:

@@ -18,6 +18,7 @@ import os
 from typing import Any, BinaryIO, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -151,8 +152,7 @@ def check_input_columns(files: list[str], format: str, columns: dict[str, str]) 
                                  f"it has {', '.join(sorted(present))}")
 
 
-def _csv_tables(f: BinaryIO, format: str, mapping: ColumnMapping) -> Iterator[pa.Table]:
-    columns = mapping.fields()
+def _csv_tables(f: BinaryIO, format: str, columns: dict[str, str]) -> Iterator[pa.Table]:
     malformed: list[str] = []
 
     def skip_malformed(row: Any) -> str:
@@ -185,8 +185,7 @@ def _unreadable_rows(texts: list[str], reason: str, schema: pa.Schema) -> pa.Tab
                      "record": pa.array([t[:MAX_RECORD_CHARS] for t in texts], pa.string())})
 
 
-def _parquet_tables(f: BinaryIO, mapping: ColumnMapping) -> Iterator[pa.Table]:
-    columns = mapping.fields()
+def _parquet_tables(f: BinaryIO, columns: dict[str, str]) -> Iterator[pa.Table]:
     for batch in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BLOCK, columns=list(columns.values())):
         yield pa.Table.from_batches([batch]).rename_columns(list(columns))
 
@@ -206,9 +205,9 @@ def _json_value(value: Any, field: str) -> tuple[str | None, str | None]:
     return None, f"wrong type {field}"
 
 
-def parse_json_records(lines: list[str], mapping: ColumnMapping) -> pa.Table:
-    """A raw table (string columns) from JSON (or Python-literal) object lines."""
-    columns = mapping.fields()
+def parse_json_records(lines: list[str], columns: dict[str, str]) -> pa.Table:
+    """A raw table (string columns, normalized field -> input column in ``columns``) from JSON (or
+    Python-literal) object lines."""
     values: dict[str, list] = {field: [] for field in columns}
     reasons: list[str | None] = []
     records: list[str | None] = []
@@ -242,15 +241,16 @@ def _lines(f: BinaryIO, size: int = ROWS_PER_BLOCK) -> Iterator[list[str]]:
         yield chunk
 
 
-def read_raw_tables(f: BinaryIO, format: str, mapping: ColumnMapping) -> Iterator[pa.Table]:
-    """Raw event tables of one (already decompressed) file, a block at a time."""
+def read_raw_tables(f: BinaryIO, format: str, columns: dict[str, str]) -> Iterator[pa.Table]:
+    """Raw tables of one (already decompressed) file, a block at a time: the input columns of ``columns``
+    (normalized field -> input column) under the field names."""
     if format in ("csv", "tsv"):
-        yield from _csv_tables(f, format, mapping)
+        yield from _csv_tables(f, format, columns)
     elif format == "parquet":
-        yield from _parquet_tables(f, mapping)
+        yield from _parquet_tables(f, columns)
     elif format == "jsonl":
         for lines in _lines(f):
-            yield parse_json_records(lines, mapping)
+            yield parse_json_records(lines, columns)
     else:
         raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
 
@@ -258,7 +258,8 @@ def read_raw_tables(f: BinaryIO, format: str, mapping: ColumnMapping) -> Iterato
 AMAZON_REVIEW_COLUMNS = ColumnMapping(user_id="reviewerID", item_id="asin", category="category",
                                       timestamp="unixReviewTime")
 """Amazon reviews (McAuley et al.): the category is not in the review but joined from the metadata."""
-AMAZON_META_SCHEMA = pa.schema([("asin", pa.string()), ("category", pa.string())])
+ITEM_CATEGORY_SCHEMA = pa.schema([("item_id", pa.string()), ("category", pa.string())])
+"""An item table as the readers join it to events: each item's category (null: none given)."""
 
 
 def amazon_category(record: dict) -> str | None:
@@ -272,7 +273,8 @@ def amazon_category(record: dict) -> str | None:
 
 
 def parse_amazon_meta(lines: list[str]) -> pa.Table:
-    """(asin, category) of metadata lines; a line without either gets nulls."""
+    """(item_id, category) of metadata lines (``ITEM_CATEGORY_SCHEMA``, the item being the ``asin``); a line
+    without either gets nulls."""
     asins, categories = [], []
     for line in lines:
         try:
@@ -282,10 +284,30 @@ def parse_amazon_meta(lines: list[str]) -> pa.Table:
         ok = isinstance(record, dict) and isinstance(record.get("asin"), str)
         asins.append(record["asin"] if ok else None)
         categories.append(amazon_category(record) if ok else None)
-    return pa.table({"asin": pa.array(asins, pa.string()), "category": pa.array(categories, pa.string())},
-                    schema=AMAZON_META_SCHEMA)
+    return pa.table({"item_id": pa.array(asins, pa.string()), "category": pa.array(categories, pa.string())},
+                    schema=ITEM_CATEGORY_SCHEMA)
 
 
 def read_amazon_meta_tables(f: BinaryIO) -> Iterator[pa.Table]:
     for lines in _lines(f):
         yield parse_amazon_meta(lines)
+
+
+def first_category(categories: pa.Array | pa.ChunkedArray, separator: str | None) -> pa.Array:
+    """The first of each multi-valued category (``"A|B|C"`` -> ``"A"`` for separator ``"|"``), trimmed;
+    blank values become null. ``separator=None`` keeps each value whole."""
+    if separator:
+        categories = pc.list_element(pc.split_pattern(categories, separator, max_splits=1), 0)
+    categories = pc.utf8_trim_whitespace(categories)
+    return pc.if_else(pc.equal(categories, ""), None, categories)
+
+
+def read_item_tables(f: BinaryIO, format: str, columns: dict[str, str], separator: str | None) -> Iterator[pa.Table]:
+    """An item table file as ``ITEM_CATEGORY_SCHEMA`` tables (rows the parser could not read are dropped:
+    an item table has no rejects of its own; its items are then missing, and counted so)."""
+    for raw in read_raw_tables(f, format, columns):
+        if "reject_reason" in raw.column_names:
+            raw = raw.filter(raw.column("reject_reason").is_null())
+        items = pc.cast(raw.column("item_id"), pa.string())
+        categories = first_category(pc.cast(raw.column("category"), pa.string()), separator)
+        yield pa.table({"item_id": items, "category": categories}, schema=ITEM_CATEGORY_SCHEMA)

@@ -98,6 +98,8 @@ class PrepareSummary:
     samples: dict[str, int]
     """Rows per split."""
     seconds: float
+    uncategorized: dict[str, int] = field(default_factory=dict)
+    """``events`` and distinct ``items`` without a category: those an item table does not list."""
 
     @property
     def events_rejected(self) -> int:
@@ -176,17 +178,23 @@ def _block_counts(events: pa.Table) -> pa.Table:
     ])
 
 
-def _count_pass(events: ray.data.Dataset, partitions: int, min_count: int) -> Vocabularies:
-    """Vocabularies from counts aggregated in Ray Data; only the count tables reach the driver."""
+def _count_pass(events: ray.data.Dataset, partitions: int, min_count: int) -> tuple[Vocabularies, dict[str, int]]:
+    """Vocabularies from counts aggregated in Ray Data (only the count tables reach the driver), and the
+    events and items without a category (items an item table does not list)."""
     keys = ["kind", "key", "category"]
     counts = _collect(events.map_batches(_block_counts, batch_format="pyarrow")
                       .groupby(keys, num_partitions=partitions).sum("count"))
     counts = counts.rename_columns([*keys, "count"])
     users = counts.filter(pc.equal(counts.column("kind"), "user"))
     pairs = counts.filter(pc.equal(counts.column("kind"), "item"))
-    return Vocabularies.from_counts(users.select(["key", "count"]).rename_columns(["user_id", "count"]),
-                                    pairs.select(["key", "category", "count"]).rename_columns(
-                                        ["item_id", "category", "count"]), min_count)
+    uncategorized = pairs.filter(pairs.column("category").is_null())
+    missing = {"events": int(pc.sum(uncategorized.column("count")).as_py() or 0),
+               "items": len(set(uncategorized.column("key").to_pylist())
+                            - set(pairs.filter(pairs.column("category").is_valid()).column("key").to_pylist()))}
+    vocabularies = Vocabularies.from_counts(users.select(["key", "count"]).rename_columns(["user_id", "count"]),
+                                            pairs.select(["key", "category", "count"]).rename_columns(
+                                                ["item_id", "category", "count"]), min_count)
+    return vocabularies, missing
 
 
 def _encode_batch(batch: pa.Table, vocabularies: ray.ObjectRef, groups: int) -> pa.Table:
@@ -253,6 +261,9 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
 def _prepare(config: PrepareConfig) -> PrepareSummary:
     started = time.perf_counter()
     out = Path(config.out).absolute()
+    # The inputs are checked (files, columns, the item table) before the output directory is touched, so a
+    # bad input leaves nothing behind that would block the next run.
+    checked_events = read_checked_events(config.source)
     _prepare_out(out)
     staging = out / STAGING_DIR
 
@@ -266,7 +277,7 @@ def _prepare(config: PrepareConfig) -> PrepareSummary:
         },
         tally_column="reject_reason",
     )
-    read_checked_events(config.source).write_datasink(stage_sink)
+    checked_events.write_datasink(stage_sink)
     kept, filtered = stage_sink.rows.get(KEPT, 0), stage_sink.rows.get(FILTERED, 0)
     read = kept + filtered + stage_sink.rows.get(REJECTED, 0)
     logger.info("read %d events: %d kept, %d filtered, %d rejected %s (%.1fs)", read, kept, filtered,
@@ -279,9 +290,12 @@ def _prepare(config: PrepareConfig) -> PrepareSummary:
     partitions = _partitions(config, kept)
     events = read_parquet_files(sorted(str(p) for p in (staging / "events").glob("*.parquet")))
     logger.info("pass 2/3: counting users, items and categories (%d partitions)", partitions)
-    vocabularies = _count_pass(events, partitions, config.min_count)
+    vocabularies, uncategorized = _count_pass(events, partitions, config.min_count)
     sizes = vocabularies.sizes()
     logger.info("vocabularies: %s (%.1fs)", sizes, time.perf_counter() - started)
+    if config.source.items:
+        logger.info("item table: %d events of %d items it does not list get the out-of-vocabulary category",
+                    uncategorized["events"], uncategorized["items"])
     if sizes["item"] - RESERVED < 2:
         raise InputError(f"negative sampling needs at least two distinct items; found {sizes['item'] - RESERVED} "
                          f"(min_count {config.min_count})")
@@ -318,6 +332,7 @@ def _prepare(config: PrepareConfig) -> PrepareSummary:
         categories=sizes["category"] - RESERVED,
         samples={split: sample_sink.rows.get(split, 0) for split in SPLITS},
         seconds=round(time.perf_counter() - started, 3),
+        uncategorized=uncategorized,
     )
     _write_manifest(out, config, summary, sizes, histories)
     logger.info("wrote %s: %s samples (%.1fs)", out, summary.samples, summary.seconds)
@@ -339,6 +354,7 @@ def _write_manifest(out: Path, config: PrepareConfig, summary: PrepareSummary, s
         "events": {"read": summary.events_read, "kept": summary.events_kept, "filtered": summary.events_filtered,
                    "rejected": summary.events_rejected},
         "rejected": summary.rejected,
+        "uncategorized": summary.uncategorized,
         "users": summary.users,
         "user_histories": histories,
         "vocab_sizes": sizes,

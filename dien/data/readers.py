@@ -1,11 +1,15 @@
 """Ray Data readers: every source becomes one dataset of checked raw events (``CHECKED_SCHEMA``).
 
 - ``events``: generic logs (CSV, TSV, Parquet, JSON lines; gzip by the ``.gz`` extension) with a column
-  mapping; files are parsed in parallel read tasks, each file as a stream of blocks;
+  mapping; files are parsed in parallel read tasks, each file as a stream of blocks; optionally with an item
+  table (``items``: item -> category, e.g. MovieLens ``movies.csv``) joined in those tasks;
 - ``amazon``: the paper's Amazon reviews (``reviewerID``, ``asin``, ``unixReviewTime``) with each item's
   category from the metadata files (the last level of its first category path);
 - ``synthetic``: the generator of ``dien.data.synthetic``, one read task per generation block, so the
   events are made where they are processed and never pass through the driver.
+
+Item tables (the Amazon metadata, an event log's ``items``) are item-count sized: they are read in parallel by
+Ray Data, collected once and broadcast to the read tasks, which look each event's item up (a map-side join).
 
 Problems with the input as a whole (a missing file or column) are found on the driver before any task
 runs and raised as :class:`~dien.data.events.InputError`; problems with single rows become rejected rows.
@@ -24,14 +28,15 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.datasource import FileBasedDatasource
 
-from dien.data.events import ColumnMapping, InputError, check_events
+from dien.data.events import ColumnMapping, InputError, ItemColumns, check_events
 from dien.data.formats import (
-    AMAZON_META_SCHEMA,
-    ROWS_PER_BLOCK,
     AMAZON_REVIEW_COLUMNS,
+    ITEM_CATEGORY_SCHEMA,
+    ROWS_PER_BLOCK,
     check_input_columns,
     expand_inputs,
     read_amazon_meta_tables,
+    read_item_tables,
     read_raw_tables,
     resolve_format,
 )
@@ -54,6 +59,17 @@ class SourceConfig:
     """events: which input column holds each field."""
     keep_events: tuple[str, ...] | None = None
     """Keep only events of these types (needs an event type column); None keeps all."""
+    items: tuple[str, ...] = ()
+    """events: item table files (CSV, TSV, Parquet, JSON lines) that give each item's category; the log's own
+    category column is then not read. Events whose item the table lacks keep their row with the
+    out-of-vocabulary category (counted in the manifest)."""
+    items_format: str | None = None
+    """events: format of the item table; None infers it from the file extensions."""
+    item_columns: ItemColumns = field(default_factory=ItemColumns)
+    """events: which item table column holds the item and which its category."""
+    category_separator: str | None = "|"
+    """events: a multi-valued category in the item table (``Action|Comedy``) takes its first value; None keeps
+    the whole text as one category."""
     meta: tuple[str, ...] = ()
     """amazon: the metadata files (JSON or Python-literal lines with ``asin`` and ``categories``)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -70,6 +86,8 @@ class SourceConfig:
             raise InputError("--keep-events needs an event type column: add event_type=COLUMN to --columns")
         if self.keep_events is not None and self.kind == "amazon":
             raise InputError("Amazon reviews have no event type to filter on")
+        if self.items and self.kind != "events":
+            raise InputError(f"--items applies to the events source, not {self.kind} (amazon: use --meta)")
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the source."""
@@ -80,10 +98,20 @@ class SourceConfig:
             described["inputs"] = list(self.inputs)
         if self.kind == "events":
             described["format"] = resolve_format(expand_inputs(list(self.inputs)), self.format)
-            described["columns"] = self.columns.fields()
+            described["columns"] = self.columns.fields(category=not self.items)
+            if self.items:
+                described["items"] = {"inputs": list(self.items), "columns": self.item_columns.fields(),
+                                      "category_rule": self.category_rule()}
         if self.kind == "amazon":
             described["meta"] = list(self.meta)
         return described
+
+
+    def category_rule(self) -> str:
+        """The documented rule for multi-valued item table categories, as the manifest records it."""
+        if not self.category_separator:
+            return "the whole value"
+        return f"the first of the values separated by {self.category_separator!r}"
 
 
 class _ParsedFiles(FileBasedDatasource):
@@ -108,38 +136,52 @@ class _ParsedFiles(FileBasedDatasource):
             raise InputError(f"cannot read {path}: {type(error).__name__}: {error}") from None
 
 
-def _checked_file(f, path: str, format: str, mapping: ColumnMapping, keep_events: tuple[str, ...] | None,
-                  item_categories: ray.ObjectRef | None) -> Iterator[pa.Table]:
-    for raw in read_raw_tables(f, format, mapping):
+def _checked_file(f, path: str, format: str, columns: dict[str, str], keep_events: tuple[str, ...] | None,
+                  item_categories: ray.ObjectRef | None, category_optional: bool) -> Iterator[pa.Table]:
+    for raw in read_raw_tables(f, format, columns):
         if item_categories is not None:
             raw = _with_categories(raw, ray.get(item_categories))
-        yield check_events(raw, path, keep_events)
+        yield check_events(raw, path, keep_events, category_optional=category_optional)
 
 
 def _with_categories(raw: pa.Table, item_categories: pa.Table) -> pa.Table:
     """``raw`` with each row's category looked up by item (null for items without one)."""
-    index = pc.index_in(raw.column("item_id"), value_set=item_categories.column("asin"))
+    index = pc.index_in(pc.cast(raw.column("item_id"), pa.string()), value_set=item_categories.column("item_id"))
     category = item_categories.column("category").take(index)
-    return raw.set_column(raw.schema.get_field_index("category"), "category", category)
+    if "category" in raw.column_names:
+        return raw.set_column(raw.schema.get_field_index("category"), "category", category)
+    return raw.append_column("category", category)
+
+
+def read_item_categories(files: list[str], parse: Callable[[Any, str], Iterator[pa.Table]], what: str,
+                         random_access: bool = False) -> pa.Table:
+    """Every item with a category (``ITEM_CATEGORY_SCHEMA``) of an item table, read in parallel by Ray Data
+    and collected on the driver (it is item-count sized); an item listed twice keeps its smallest category."""
+    dataset = ray.data.read_datasource(_ParsedFiles(files, parse, random_access=random_access))
+    table = pa.concat_tables(ray.get(dataset.to_arrow_refs()) or [ITEM_CATEGORY_SCHEMA.empty_table()])
+    table = table.filter(pc.and_(table.column("item_id").is_valid(), table.column("category").is_valid()))
+    table = table.group_by("item_id").aggregate([("category", "min")]).rename_columns(["item_id", "category"])
+    if table.num_rows == 0:
+        raise InputError(f"no item with a category in the {what} {', '.join(files)}")
+    logger.info("%s: %d items with a category", what, table.num_rows)
+    return table
 
 
 def _amazon_meta_file(f, path: str) -> Iterator[pa.Table]:
     yield from read_amazon_meta_tables(f)
 
 
-def read_item_categories(meta: tuple[str, ...]) -> pa.Table:
-    """(asin, category) of every item with a category in the Amazon metadata (item-count sized, so it
-    is collected on the driver); an item listed twice keeps its smallest category."""
-    files = expand_inputs(list(meta))
-    check_input_columns(files, "jsonl", {"asin": "asin"})
-    dataset = ray.data.read_datasource(_ParsedFiles(files, _amazon_meta_file, random_access=False))
-    table = pa.concat_tables(ray.get(dataset.to_arrow_refs()) or [AMAZON_META_SCHEMA.empty_table()])
-    table = table.filter(pc.and_(table.column("asin").is_valid(), table.column("category").is_valid()))
-    table = table.group_by("asin").aggregate([("category", "min")]).rename_columns(["asin", "category"])
-    if table.num_rows == 0:
-        raise InputError(f"no item with a category in the metadata {', '.join(files)}")
-    logger.info("metadata: %d items with a category", table.num_rows)
-    return table
+def _item_table_file(f, path: str, format: str, columns: dict[str, str], separator: str | None) -> Iterator[pa.Table]:
+    yield from read_item_tables(f, format, columns, separator)
+
+
+def _item_table(source: SourceConfig) -> pa.Table:
+    files = expand_inputs(list(source.items))
+    format = resolve_format(files, source.items_format)
+    columns = source.item_columns.fields()
+    check_input_columns(files, format, columns)
+    parse = partial(_item_table_file, format=format, columns=columns, separator=source.category_separator)
+    return read_item_categories(files, parse, "item table", random_access=format == "parquet")
 
 
 def _synthetic_blocks(batch: dict[str, np.ndarray], config: SyntheticConfig,
@@ -172,15 +214,18 @@ def read_checked_events(source: SourceConfig) -> ray.data.Dataset:
             _synthetic_blocks, batch_size=1, batch_format="numpy",
             fn_kwargs={"config": config, "keep_events": source.keep_events})
     files = expand_inputs(list(source.inputs))
+    item_categories: ray.ObjectRef | None = None
     if source.kind == "amazon":
-        format, mapping = "jsonl", AMAZON_REVIEW_COLUMNS
-        required = {f: c for f, c in mapping.fields().items() if f != "category"}
-        item_categories: ray.ObjectRef | None = ray.put(read_item_categories(source.meta))
+        format, columns = "jsonl", AMAZON_REVIEW_COLUMNS.fields(category=False)
+        meta = expand_inputs(list(source.meta))
+        check_input_columns(meta, "jsonl", {"item": "asin"})
+        item_categories = ray.put(read_item_categories(meta, _amazon_meta_file, "metadata"))
     else:
-        format, mapping = resolve_format(files, source.format), source.columns
-        required, item_categories = mapping.fields(), None
-    check_input_columns(files, format, required)
+        format, columns = resolve_format(files, source.format), source.columns.fields(category=not source.items)
+    check_input_columns(files, format, columns)
+    if source.items:
+        item_categories = ray.put(_item_table(source))
     logger.info("%s: %d %s files", source.kind, len(files), format)
-    parse = partial(_checked_file, format=format, mapping=mapping, keep_events=source.keep_events,
-                    item_categories=item_categories)
+    parse = partial(_checked_file, format=format, columns=columns, keep_events=source.keep_events,
+                    item_categories=item_categories, category_optional=bool(source.items))
     return ray.data.read_datasource(_ParsedFiles(files, parse, random_access=format == "parquet"))

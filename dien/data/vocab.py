@@ -87,7 +87,9 @@ class Vocabularies:
         """
         pairs = item_category_counts
         item_counts = pairs.group_by("item_id").aggregate([("count", "sum"), ("category", "min")])
-        category_counts = pairs.group_by("category").aggregate([("count", "sum")])
+        # A null category (an item an item table does not list) is no token: such items get the OOV category.
+        category_counts = pairs.filter(pairs.column("category").is_valid()).group_by("category").aggregate(
+            [("count", "sum")])
         items = Vocabulary.from_counts(item_counts.column("item_id").combine_chunks(),
                                        item_counts.column("count_sum").to_numpy(), min_count)
         categories = Vocabulary.from_counts(category_counts.column("category").combine_chunks(),
