@@ -32,10 +32,11 @@ def main() -> int:
     for path, artifact in zip(args.model, artifacts):
         metrics = evaluate_artifact(artifact, dataset, args.split)
         rows.append({"artifact": path, "model": artifact.name, "hidden": artifact.config.hidden, **metrics})
-    print(f"{'artifact':<32} {'model':<10} {'hidden':>6} {args.split + ' AUC':>9} {'GAUC':>7} {'logloss':>8}")
+    print(f"{'artifact':<32} {'model':<10} {'hidden':>6} {args.split + ' AUC':>9} {'± s.e.':>7} {'GAUC':>7} "
+          f"{'logloss':>8}")
     for row in rows:
         print(f"{row['artifact'][-32:]:<32} {row['model']:<10} {row['hidden']:>6} {row['auc']:>9.4f} "
-              f"{row['gauc']:>7.4f} {row['logloss']:>8.4f}")
+              f"{row['auc_se']:>7.4f} {row['gauc']:>7.4f} {row['logloss']:>8.4f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"data": args.data, "split": args.split, "results": rows}, indent=2))

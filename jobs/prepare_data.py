@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     samples.add_argument("--test-fraction", type=float, default=defaults.test_fraction, help="paper: test users")
     samples.add_argument("--valid-fraction", type=float, default=defaults.valid_fraction,
                          help="paper: share of the train users carved out as valid")
+    samples.add_argument("--eval-targets", type=int, default=defaults.eval_targets,
+                         help="sliding: each user's last k targets are test, the k before them valid")
     samples.add_argument("--min-count", type=int, default=1, help="rarer items/categories map to OOV")
     samples.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (and synthetic data seed)")
 
@@ -104,7 +106,8 @@ def build_config(args: argparse.Namespace) -> PrepareConfig:
         item_columns=ItemColumns.parse(args.item_columns), category_separator=args.category_separator or None,
     )
     samples = SampleConfig(protocol=args.protocol, max_len=args.max_len, min_history=args.min_history,
-                           test_fraction=args.test_fraction, valid_fraction=args.valid_fraction, seed=args.seed)
+                           test_fraction=args.test_fraction, valid_fraction=args.valid_fraction,
+                           eval_targets=args.eval_targets, seed=args.seed)
     return PrepareConfig(out=args.out, source=source, samples=samples, min_count=args.min_count,
                          partitions=args.partitions, events_per_group=args.events_per_group,
                          keep_staging=args.keep_staging)

@@ -1,4 +1,6 @@
 """Synthetic logs, vocabularies, sample building and collation."""
+from collections import Counter
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -7,7 +9,7 @@ import torch
 
 from dien.data.batch import collate
 from dien.data.local import build_local_dataset
-from dien.data.samples import SampleConfig
+from dien.data.samples import SPLITS, SampleConfig
 from dien.data.synthetic import Catalog, SyntheticConfig, generate, generate_block
 from dien.data.vocab import OUT_OF_VOCABULARY, Vocabulary
 
@@ -124,3 +126,23 @@ def test_synthetic_taste_walks_along_each_category():
     # Away from the ends of the item line (where the walk reflects) every move is taste_step items.
     inner = [b - a for a, b in pairs if 2 <= a <= per_cat - 3 and 2 <= b <= per_cat - 3]
     assert len(inner) > 400 and all(abs(move) == 2 for move in inner)
+
+
+@pytest.mark.parametrize("eval_targets", [1, 3])
+def test_sliding_protocol_holds_out_each_users_last_k_targets(eval_targets):
+    dataset = build_local_dataset(generate(SMALL), SampleConfig(protocol="sliding", eval_targets=eval_targets,
+                                                                seed=1))
+    positives = {split: table.filter(pc.equal(table.column("label"), 1)) for split, table in dataset.splits.items()}
+    per_user = {split: Counter(table.column("user").to_pylist()) for split, table in positives.items()}
+    for user in per_user["train"].keys() | per_user["test"].keys():
+        targets = sum(per_user[split][user] for split in SPLITS)
+        test = min(eval_targets, targets - 1)
+        assert per_user["test"][user] == test
+        assert per_user["valid"][user] == min(eval_targets, targets - 1 - test)
+        assert per_user["train"][user] >= 1
+    for earlier, later in (("train", "valid"), ("valid", "test"), ("train", "test")):
+        last = {}
+        for u, t in zip(positives[earlier].column("user").to_pylist(), positives[earlier].column("timestamp").to_pylist()):
+            last[u] = max(t, last.get(u, t))
+        assert all(t >= last.get(u, t) for u, t in zip(positives[later].column("user").to_pylist(),
+                                                        positives[later].column("timestamp").to_pylist()))

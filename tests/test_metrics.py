@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from dien.train.metrics import auc, gauc, logloss
+from dien.train.metrics import auc, auc_standard_error, gauc, logloss, ranking_metrics
 
 
 def test_auc_counts_pairs_and_half_credits_ties():
@@ -33,3 +33,16 @@ def test_logloss_by_hand():
     expected = -(math.log(0.8) + math.log(1 - 0.3)) / 2
     assert logloss([1, 0], [0.8, 0.3]) == pytest.approx(expected)
     assert math.isfinite(logloss([1, 0], [0.0, 1.0]))
+
+
+def test_auc_standard_error_matches_the_spread_of_repeated_test_sets():
+    rng = np.random.default_rng(0)
+    positives, negatives = 300, 500
+    draws = [auc(np.r_[np.ones(positives), np.zeros(negatives)],
+                 np.r_[rng.normal(1.0, 1.0, positives), rng.normal(0.0, 1.0, negatives)]) for _ in range(400)]
+    predicted = auc_standard_error(float(np.mean(draws)), positives, negatives)
+    assert abs(predicted / np.std(draws) - 1) < 0.15
+    assert auc_standard_error(0.7, 4000, 4000) < auc_standard_error(0.7, 400, 400) / 3
+    assert np.isnan(auc_standard_error(0.7, 0, 10))
+    metrics = ranking_metrics(np.zeros(4), np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.8, 0.3]))
+    assert metrics["auc"] == 1.0 and metrics["auc_se"] == 0.0

@@ -50,6 +50,6 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig:
 def format_summary(metrics: dict) -> str:
     """The final report of a training run, one line."""
     keys = ("epoch", "best_epoch", "global_step", "resumed_from_step", "samples_per_second", "valid_auc",
-            "valid_gauc", "valid_logloss", "test_auc", "test_gauc", "test_logloss")
+            "valid_auc_se", "valid_gauc", "valid_logloss", "test_auc", "test_auc_se", "test_gauc", "test_logloss")
     return "final: " + ", ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
                                  for k in keys if k in metrics)

@@ -32,6 +32,17 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
+def auc_standard_error(value: float, positives: int, negatives: int) -> float:
+    """Standard error of an AUC over ``positives`` and ``negatives`` samples (Hanley & McNeil, 1982):
+    how far the AUC of another draw of a test set this size would typically land. NaN without both classes."""
+    if positives == 0 or negatives == 0 or np.isnan(value):
+        return float("nan")
+    q1, q2 = value / (2 - value), 2 * value**2 / (1 + value)
+    variance = (value * (1 - value) + (positives - 1) * (q1 - value**2)
+                + (negatives - 1) * (q2 - value**2)) / (positives * negatives)
+    return float(np.sqrt(max(variance, 0.0)))
+
+
 def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
     """Group AUC (DIN paper): per-user AUC averaged with weights = the user's number of samples.
 
@@ -58,9 +69,12 @@ def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) ->
 
 
 def ranking_metrics(users: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """AUC, GAUC and logloss of one evaluation set."""
+    """AUC (with its standard error ``auc_se``), GAUC and logloss of one evaluation set."""
+    positives = int((np.asarray(labels) > 0.5).sum())
+    value = auc(labels, probabilities)
     return {
-        "auc": auc(labels, probabilities),
+        "auc": value,
+        "auc_se": auc_standard_error(value, positives, len(labels) - positives),
         "gauc": gauc(users, labels, probabilities),
         "logloss": logloss(labels, probabilities),
     }
