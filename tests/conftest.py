@@ -40,6 +40,15 @@ def small_dataset():
 
 
 @pytest.fixture(scope="session")
+def long_tail_dataset():
+    """Sliding-protocol samples with enough items that min_count 4 sends a tail of them (about 5% of the
+    events) to the out-of-vocabulary id."""
+    world = SyntheticConfig(n_users=800, n_items=1500, n_categories=20, min_events=5, max_events=30,
+                            block_size=400, seed=3)
+    return build_local_dataset(generate(world), SampleConfig(protocol="sliding", max_len=30, seed=3), min_count=4)
+
+
+@pytest.fixture(scope="session")
 def prepared_dataset(ray_session, tmp_path_factory) -> DatasetDir:
     """The same kind of data written by the Ray Data pipeline: what training and serving read."""
     out = tmp_path_factory.mktemp("prepared") / "synthetic"

@@ -146,3 +146,15 @@ def test_sliding_protocol_holds_out_each_users_last_k_targets(eval_targets):
             last[u] = max(t, last.get(u, t))
         assert all(t >= last.get(u, t) for u, t in zip(positives[later].column("user").to_pylist(),
                                                         positives[later].column("timestamp").to_pylist()))
+
+
+def test_items_below_min_count_are_sampled_as_negatives_as_often_as_they_are_positives(long_tail_dataset):
+    train = long_tail_dataset.splits["train"]
+    share = {label: np.mean(train.filter(pc.equal(train.column("label"), label)).column("target_item").to_numpy()
+                            == OUT_OF_VOCABULARY) for label in (0, 1)}
+    assert share[1] > 0.02
+    assert share[0] == pytest.approx(share[1], rel=0.25)
+    negatives = np.concatenate(train.column("neg_hist_item").to_numpy())
+    assert np.mean(negatives == OUT_OF_VOCABULARY) == pytest.approx(share[1], rel=0.25)
+    oov_cats = train.filter(pc.equal(train.column("target_item"), OUT_OF_VOCABULARY)).column("target_cat")
+    assert len(set(oov_cats.to_pylist())) > 5, "an OOV negative keeps a category of one of the tail items"

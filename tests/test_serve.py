@@ -261,8 +261,9 @@ def test_batch_scoring_matches_the_offline_model_per_request(prepared_dataset, o
     jobs = jobs_for(bodies, UserHistoryStore.load(prepared_dataset.path))
     artifact = oracle.artifact
     indexes = (TokenIndex(artifact.items), TokenIndex(artifact.categories))
-    scores, lengths = score_jobs(artifact.model, *indexes, artifact.max_len, jobs)
-    chunked, _ = score_jobs(artifact.model, *indexes, artifact.max_len, jobs, max_chunk_candidates=3)
+    scored = score_jobs(artifact.model, *indexes, artifact.max_len, jobs)
+    scores, lengths = scored.scores, scored.history_lengths
+    chunked = score_jobs(artifact.model, *indexes, artifact.max_len, jobs, max_chunk_candidates=3).scores
     for body, got, got_chunked, length in zip(bodies, scores, chunked, lengths):
         expected, expected_length = oracle.score(body)
         assert length == expected_length
@@ -330,6 +331,15 @@ def test_unknown_user_scores_with_an_empty_history(server, offline, catalog):
     response = server.post(body)
     assert_scored(response, body, offline["a"])
     assert response.json()["history_length"] == 0
+
+
+def test_the_response_names_the_candidates_whose_item_is_unknown(server, offline, catalog):
+    never_seen, known_item_unknown_category = catalog[-2], catalog[-1]
+    body = {"user_id": list(offline["a"].stored)[0],
+            "candidates": [catalog[0], never_seen, catalog[1], known_item_unknown_category, never_seen]}
+    response = server.post(body)
+    assert_scored(response, body, offline["a"])
+    assert response.json()["unknown_candidates"] == [1, 4]
 
 
 def test_request_history_overrides_the_store_and_keeps_the_most_recent(server, offline, catalog):

@@ -1,8 +1,13 @@
-"""The single-process trainer: early stopping keeps the best validation epoch's weights."""
+"""The single-process trainer: early stopping keeps the best validation epoch's weights; what the trained
+model makes of an unknown item."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from dien.data.batch import collate
+from dien.data.vocab import OUT_OF_VOCABULARY
 from dien.model import ModelConfig, build_model
 from dien.train.loop import TrainConfig, fit, iterate_batches, predict
 
@@ -33,3 +38,16 @@ def test_early_stopping_needs_a_validation_split(small_dataset):
 def test_train_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+def test_an_unknown_candidate_scores_near_the_base_rate_not_above_known_items(long_tail_dataset):
+    dataset = long_tail_dataset
+    torch.manual_seed(0)
+    model = build_model("dien", ModelConfig(dataset.n_items, dataset.n_cats, hidden=16))
+    fit(model, dataset.splits["train"], None, TrainConfig(epochs=2, batch_size=64, lr=2e-3))
+    held_back = collate(dataset.splits["test"])
+    known = model.predict(held_back)
+    unknown = model.predict(replace(held_back, target_item=torch.full_like(held_back.target_item, OUT_OF_VOCABULARY)))
+    base_rate = held_back.label.mean().item()
+    assert abs(unknown.mean().item() - base_rate) < 0.1
+    assert (unknown[:, None] > known[None, :]).float().mean().item() < 0.6

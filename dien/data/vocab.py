@@ -67,6 +67,7 @@ ENCODED_EVENT_SCHEMA = pa.schema(
 """Raw events as vocabulary ids."""
 VOCAB_FILES = {"user": "user.parquet", "item": "item.parquet", "category": "category.parquet"}
 ITEM_CATEGORY_FILE = "item_category.parquet"
+OOV_CATEGORY_FILE = "oov_categories.parquet"
 
 
 @dataclass
@@ -76,6 +77,9 @@ class Vocabularies:
     category: Vocabulary
     item_category: np.ndarray
     """[len(item)] category id of each item id (0 for the reserved ids)."""
+    oov_category_counts: np.ndarray | None = None
+    """[len(category)] events per category of the items below ``min_count`` (they all share the
+    out-of-vocabulary id); None: no such items."""
 
     @classmethod
     def from_counts(cls, user_counts: pa.Table, item_category_counts: pa.Table, min_count: int = 1) -> "Vocabularies":
@@ -98,9 +102,12 @@ class Vocabularies:
                                        user_counts.column("count").to_numpy())
         item_category = np.zeros(len(items), dtype=np.int32)
         item_ids = items.encode(item_counts.column("item_id"))
+        item_cats = categories.encode(item_counts.column("category_min"))
         known = item_ids > OUT_OF_VOCABULARY
-        item_category[item_ids[known]] = categories.encode(item_counts.column("category_min"))[known]
-        return cls(users, items, categories, item_category)
+        item_category[item_ids[known]] = item_cats[known]
+        oov_counts = np.bincount(item_cats[~known], weights=item_counts.column("count_sum").to_numpy()[~known],
+                                 minlength=len(categories)).astype(np.int64)
+        return cls(users, items, categories, item_category, oov_counts if oov_counts.any() else None)
 
     @classmethod
     def from_events(cls, events: pa.Table, min_count: int = 1) -> "Vocabularies":
@@ -123,9 +130,17 @@ class Vocabularies:
         )
 
     def sampler(self) -> PopularitySampler:
-        """Negatives drawn from the vocabulary's items by their counts."""
+        """Negatives drawn from every item by its count, the items below ``min_count`` included as the
+        out-of-vocabulary id (with their own categories). So the OOV id is a negative as often as its items
+        are positives, and learns the base rate instead of "always clicked"."""
         ids = np.arange(RESERVED, len(self.item), dtype=np.int32)
-        return PopularitySampler(ids, self.item_category[ids], self.item.counts)
+        cats, counts = self.item_category[ids], self.item.counts
+        if self.oov_category_counts is not None:
+            oov_cats = np.flatnonzero(self.oov_category_counts).astype(np.int32)
+            ids = np.concatenate([ids, np.full(len(oov_cats), OUT_OF_VOCABULARY, np.int32)])
+            cats = np.concatenate([cats, oov_cats])
+            counts = np.concatenate([counts, self.oov_category_counts[oov_cats]])
+        return PopularitySampler(ids, cats, counts)
 
     def sizes(self) -> dict[str, int]:
         """Ids per vocabulary, including the reserved ones (embedding table sizes)."""
@@ -140,10 +155,19 @@ class Vocabularies:
             getattr(self, name).save(directory / file)
         pq.write_table(pa.table({"item": np.arange(len(self.item), dtype=np.int32), "category": self.item_category}),
                        directory / ITEM_CATEGORY_FILE)
+        if self.oov_category_counts is not None:
+            cats = np.flatnonzero(self.oov_category_counts).astype(np.int32)
+            pq.write_table(pa.table({"category": cats, "count": self.oov_category_counts[cats]}),
+                           directory / OOV_CATEGORY_FILE)
 
     @classmethod
     def load(cls, directory: str | Path) -> "Vocabularies":
         directory = Path(directory)
         vocabularies = {name: Vocabulary.load(directory / file) for name, file in VOCAB_FILES.items()}
         item_category = pq.read_table(directory / ITEM_CATEGORY_FILE).column("category").to_numpy()
-        return cls(**vocabularies, item_category=item_category.astype(np.int32))
+        oov_counts = None
+        if (directory / OOV_CATEGORY_FILE).exists():
+            table = pq.read_table(directory / OOV_CATEGORY_FILE)
+            oov_counts = np.zeros(len(vocabularies["category"]), np.int64)
+            oov_counts[table.column("category").to_numpy()] = table.column("count").to_numpy()
+        return cls(**vocabularies, item_category=item_category.astype(np.int32), oov_category_counts=oov_counts)

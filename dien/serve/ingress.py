@@ -112,7 +112,8 @@ class Ingress:
                        history_items=items, history_cats=cats, request_id=current_request_id())
         result: ScoreResult = await self.scorer.score.remote(job)
         response.headers[BATCH_SIZE_HEADER] = str(result.batch_size)
-        return ScoreResponse(scores=result.scores, model=result.model, history_length=result.history_length)
+        return ScoreResponse(scores=result.scores, model=result.model, history_length=result.history_length,
+                             unknown_candidates=result.unknown_candidates)
 
     def rejected(self, status: int, errors: list[FieldError]) -> JSONResponse:
         # Tag by top-level field only: the full path (candidates[517].item_id) would explode the series.

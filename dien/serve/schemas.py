@@ -48,6 +48,9 @@ class ScoreResponse(BaseModel):
     scores: list[float] = Field(description="Click probabilities in the order of the request's candidates.")
     model: ModelRef = Field(description="The model that scored.")
     history_length: int = Field(description="Behaviors the model saw (0: an unknown user or an empty history).")
+    unknown_candidates: list[int] = Field(
+        default_factory=list, description="Positions (0-based) of the candidates whose item the model has never "
+                                          "seen; they score as the out-of-vocabulary item, near the base rate.")
 
 
 class FieldError(BaseModel):

@@ -15,7 +15,7 @@ from ray.serve import metrics
 from dien.allocator import retain_freed_memory
 from dien.artifacts import ModelArtifact, load_artifact
 from dien.serve.config import ScorerConfig, resolve_path
-from dien.serve.scoring import ScoreJob, ScoreResult, TokenIndex, score_jobs
+from dien.serve.scoring import BatchScores, ScoreJob, ScoreResult, TokenIndex, score_jobs
 
 # Serve's logger: in a replica every line carries the deployment, the replica and (inside a request) its id.
 logger = logging.getLogger("ray.serve")
@@ -96,7 +96,7 @@ class Scorer:
         self.config = config
         logger.info("Scorer configured: %s", config.model_dump())
 
-    def _score_now(self, jobs: list[ScoreJob]) -> tuple[list[np.ndarray], np.ndarray]:
+    def _score_now(self, jobs: list[ScoreJob]) -> BatchScores:
         return score_jobs(self.artifact.model, self.items, self.categories, self.artifact.max_len, jobs,
                           self.device, self.config.max_chunk_candidates)
 
@@ -105,17 +105,18 @@ class Scorer:
         """Called with one :class:`ScoreJob`; Serve collects concurrent calls into ``jobs``."""
         started = time.perf_counter()
         # A worker thread keeps the replica's event loop free to queue the next batch meanwhile.
-        scores, lengths = await asyncio.to_thread(self._score_now, jobs)
+        scored = await asyncio.to_thread(self._score_now, jobs)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        candidates = sum(len(s) for s in scores)
+        candidates = sum(len(s) for s in scored.scores)
         self._batch_requests.observe(len(jobs))
         self._batch_candidates.observe(candidates)
         self._batch_latency.observe(elapsed_ms)
         self._candidates_scored.inc(candidates)
         logger.debug("scored %d requests, %d candidates in %.1f ms: %s", len(jobs), candidates, elapsed_ms,
                      " ".join(job.request_id for job in jobs))
-        return [ScoreResult(scores=s.tolist(), history_length=int(n), model=self.model_ref, batch_size=len(jobs))
-                for s, n in zip(scores, lengths)]
+        return [ScoreResult(scores=s.tolist(), history_length=int(n), unknown_candidates=u.tolist(),
+                            model=self.model_ref, batch_size=len(jobs))
+                for s, n, u in zip(scored.scores, scored.history_lengths, scored.unknown_candidates)]
 
     def ready(self) -> dict[str, str]:
         """The model's name and version (a cheap liveness probe for the ingress's /healthz)."""

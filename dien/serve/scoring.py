@@ -46,6 +46,8 @@ class ScoreResult:
     """Click probabilities in the request's candidate order."""
     history_length: int
     """Behaviors the model saw (after truncation to ``max_len``)."""
+    unknown_candidates: list[int]
+    """Positions of the candidates whose item the model's vocabulary lacks (scored as out-of-vocabulary)."""
     model: dict[str, str]
     """name and version of the model that scored."""
     batch_size: int
@@ -75,15 +77,26 @@ def _padded(index: TokenIndex, tokens: list[str | None], lengths: np.ndarray) ->
     return padded
 
 
+@dataclass
+class BatchScores:
+    """What :func:`score_jobs` found for R jobs."""
+
+    scores: list[np.ndarray]
+    """Per job, [C_j] float32 click probabilities in candidate order."""
+    history_lengths: np.ndarray
+    """[R] int64 behaviors each job's model input held (after truncation to ``max_len``)."""
+    unknown_candidates: list[np.ndarray]
+    """Per job, the positions of candidates whose item is out of vocabulary."""
+
+
 def score_jobs(model: CTRModel, items: TokenIndex, categories: TokenIndex, max_len: int, jobs: Sequence[ScoreJob],
-               device: torch.device | str = "cpu", max_chunk_candidates: int = 4096,
-               ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Click probabilities of every job's candidates, and each job's history length after truncation.
+               device: torch.device | str = "cpu", max_chunk_candidates: int = 4096) -> BatchScores:
+    """Click probabilities of every job's candidates, each job's history length after truncation, and which
+    candidates are unknown items.
 
     All R histories are padded into one [R, T] batch and encoded once (embeddings and the interest
     extractor GRU); each of the C candidates then selects its request's encoding, and only attention,
     AUGRU and the MLP run per candidate, ``max_chunk_candidates`` at a time.
-    Returns ([R] float32 arrays in candidate order, [R] int64 history lengths).
     """
     lengths = np.array([min(len(job.history_items), max_len) for job in jobs], dtype=np.int64)
     keep = [len(job.history_items) - n for job, n in zip(jobs, lengths)]
@@ -102,4 +115,6 @@ def score_jobs(model: CTRModel, items: TokenIndex, categories: TokenIndex, max_l
             logits = model.score(history.select(request_of[chunk].to(device)), target_item[chunk].to(device),
                                  target_cat[chunk].to(device))
             probabilities[chunk] = torch.sigmoid(logits).float().cpu()
-    return np.split(probabilities.numpy(), np.cumsum(counts)[:-1]), lengths
+    bounds = np.cumsum(counts)[:-1]
+    unknown = [np.flatnonzero(ids == OUT_OF_VOCABULARY) for ids in np.split(target_item.numpy(), bounds)]
+    return BatchScores(np.split(probabilities.numpy(), bounds), lengths, unknown)
