@@ -39,7 +39,7 @@ def main() -> int:
     try:
         job = DistillJob(
             data=args.data, model=args.model, model_options={"hidden": args.hidden}, train=train_config(args),
-            cluster=cluster_config(args), bf16=args.bf16, length_buckets=args.length_buckets,
+            cluster=cluster_config(args), bf16=args.bf16,
             teacher=args.teacher, teacher_model=args.teacher_model,
             teacher_options={"hidden": args.teacher_hidden}, hint_weight=args.hint_weight, mode=args.mode,
             init_embeddings=args.init_embeddings,

@@ -40,7 +40,6 @@ def main() -> int:
         train=train_config(args),
         cluster=cluster_config(args),
         bf16=args.bf16,
-        length_buckets=args.length_buckets,
     )
     try:
         result = run_training(job)

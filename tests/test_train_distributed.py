@@ -1,15 +1,13 @@
-"""Ray Train: two CPU workers learn, a killed worker resumes from its checkpoint, a re-run resumes."""
+"""Ray Train: two CPU workers learn; a killed worker resumes mid-epoch on exactly the samples it had left; a
+re-run with more epochs continues; a run name cannot be continued with other settings."""
 import math
+from dataclasses import replace
 
-import pyarrow.compute as pc
 import pytest
 
 from dien.artifacts import load_artifact
-from dien.data.local import build_local_dataset
-from dien.data.samples import SampleConfig
-from dien.data.synthetic import SyntheticConfig, generate
-from dien.train.distributed import (FAIL_AT_STEP_ENV, ClusterConfig, TrainJob, export_artifact, length_bucketed,
-                                    run_training)
+from dien.train.distributed import (FAIL_AT_STEP_ENV, ClusterConfig, RunMismatch, TrainJob, check_same_run,
+                                    claim_run, export_artifact, identity_differences, run_training)
 from dien.train.evaluate import evaluate_artifact
 from dien.train.loop import TrainConfig
 
@@ -28,7 +26,7 @@ def make_job(dataset, storage, run_name, epochs, checkpoint_every=0, lr=5e-3, pa
 
 
 def steps_per_epoch(dataset, batch_size=64, workers=2):
-    rows_per_worker = dataset.manifest["counts"]["train"] // workers
+    rows_per_worker = math.ceil(dataset.manifest["counts"]["train"] / workers)
     return math.ceil(rows_per_worker / batch_size)
 
 
@@ -54,32 +52,53 @@ def test_two_workers_learn_and_export_an_artifact(prepared_dataset, tmp_path):
         assert offline["auc"] == pytest.approx(metrics[f"{split}_auc"], abs=1e-6)
 
 
-def test_killed_worker_resumes_from_checkpoint_then_rerun_resumes(prepared_dataset, tmp_path, monkeypatch):
+def test_a_killed_worker_resumes_mid_epoch_and_trains_every_sample_once(prepared_dataset, tmp_path, monkeypatch):
     per_epoch = steps_per_epoch(prepared_dataset)
-    fail_at = per_epoch // 2 + 2
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, str(fail_at))
+    uninterrupted = run_training(make_job(prepared_dataset, tmp_path / "runs", "straight", epochs=1))
+    assert uninterrupted.error is None and uninterrupted.metrics["resumed_from_step"] == 0
+
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, str(per_epoch // 2 + 2))
     job = make_job(prepared_dataset, tmp_path / "runs", "recover", epochs=1, checkpoint_every=per_epoch // 2)
     result = run_training(job)
     assert result.error is None
-    # The worker group restarted from the mid-epoch checkpoint, not from step 0, and ran every step once.
+    # The worker group restarted from the mid-epoch checkpoint, not from step 0, and ran every step once ...
     assert result.metrics["resumed_from_step"] == per_epoch // 2
     assert result.metrics["global_step"] == per_epoch
+    # ... on exactly the samples, in exactly the order, of the run that never failed.
+    for key in ("epoch_samples", "epoch_sample_checksum"):
+        assert result.metrics[key] == uninterrupted.metrics[key], key
+    assert result.metrics["epoch_samples"] == prepared_dataset.manifest["counts"]["train"]
+    assert result.metrics["train_loss"] == pytest.approx(uninterrupted.metrics["train_loss"], rel=1e-6)
+    assert result.metrics["valid_auc"] == pytest.approx(uninterrupted.metrics["valid_auc"], abs=1e-9)
 
     monkeypatch.delenv(FAIL_AT_STEP_ENV)
     rerun = run_training(make_job(prepared_dataset, tmp_path / "runs", "recover", epochs=2))
-    assert rerun.error is None
+    assert rerun.error is None, "a finished run re-run with more epochs continues"
     assert rerun.metrics["resumed_from_step"] == per_epoch
     assert rerun.metrics["global_step"] == 2 * per_epoch
+    assert rerun.metrics["epoch_sample_checksum"] == result.metrics["epoch_sample_checksum"], "every sample again"
 
 
-def test_length_buckets_keep_every_row_and_group_similar_lengths():
-    events = generate(SyntheticConfig(n_users=100, n_items=100, n_categories=10, min_events=2, max_events=40))
-    table = build_local_dataset(events, SampleConfig(protocol="sliding", max_len=30)).splits["train"]
-    chunks = [table.slice(start, 50) for start in range(0, table.num_rows, 50)]
-    batches = list(length_bucketed(iter(chunks), batch_size=50, window=4))
-    assert sum(b.num_rows for b in batches) == table.num_rows
-    assert sorted(pc.list_value_length(table.column("hist_item")).to_pylist()) == sorted(
-        n for b in batches for n in pc.list_value_length(b.column("hist_item")).to_pylist())
-    spread = [max(n) - min(n) for b in batches for n in [pc.list_value_length(b.column("hist_item")).to_pylist()]]
-    unbucketed = [max(n) - min(n) for c in chunks for n in [pc.list_value_length(c.column("hist_item")).to_pylist()]]
-    assert sum(spread) < 0.5 * sum(unbucketed)
+def test_a_run_name_with_other_settings_is_refused_before_any_worker_starts(prepared_dataset, tmp_path):
+    storage = tmp_path / "runs"
+    claim_run(make_job(prepared_dataset, storage, "taken", epochs=1))
+    claim_run(make_job(prepared_dataset, storage, "taken", epochs=3))  # more epochs: the same run, continued
+    with pytest.raises(RunMismatch, match=r"model_config\.hidden: 16 -> 32"):
+        run_training(replace(make_job(prepared_dataset, storage, "taken", epochs=1),
+                             model_options={"hidden": 32, "history_sum": True}))
+    with pytest.raises(RunMismatch, match=r"train\.lr: 0\.005 -> 0\.001.*train\.seed: 0 -> 4"):
+        claim_run(replace(make_job(prepared_dataset, storage, "taken", epochs=1, lr=1e-3),
+                          train=TrainConfig(epochs=1, batch_size=64, lr=1e-3, seed=4)))
+    with pytest.raises(RunMismatch, match=r"^run 'taken' .*model: dien -> din"):
+        claim_run(replace(make_job(prepared_dataset, storage, "taken", epochs=1), model="din"))
+
+
+def test_a_checkpoint_of_another_run_is_refused_by_the_worker(prepared_dataset):
+    dataset = prepared_dataset
+    job = make_job(dataset, "unused", "any", epochs=1)
+    recorded = job.identity(dataset)
+    assert identity_differences(recorded, replace(job, train=replace(job.train, epochs=5)).identity(dataset)) == []
+    other = replace(job, model_options={"hidden": 16, "history_sum": False}).identity(dataset)
+    assert identity_differences(recorded, other) == ["model_config.history_sum: True -> False"]
+    with pytest.raises(RunMismatch, match="history_sum: True -> False"):
+        check_same_run(recorded, other, "any")

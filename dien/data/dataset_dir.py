@@ -26,6 +26,9 @@ REJECTS_DIR = "rejects"
 USER_HISTORY_FILE = "user_history.parquet"
 USER_HISTORY_SCHEMA = pa.schema([pa.field("user_id", pa.string()), *HISTORY_SCHEMA])
 """The user's string id (as in the raw events), its vocabulary id, and its latest history."""
+SAMPLE_ROW_GROUP_ROWS = 4096
+"""Rows per Parquet row group of the sample splits: the unit the training order permutes
+(``dien.data.epochs``)."""
 OUTPUTS = (*SPLITS, VOCAB_DIR, REJECTS_DIR, USER_HISTORY_FILE, MANIFEST_FILE)
 """Everything a dataset directory holds (what a rebuild replaces)."""
 

@@ -36,6 +36,7 @@ from dien.data.dataset_dir import (
     MANIFEST_FILE,
     OUTPUTS,
     REJECTS_DIR,
+    SAMPLE_ROW_GROUP_ROWS,
     SCHEMA_VERSION,
     USER_HISTORY_FILE,
     USER_HISTORY_SCHEMA,
@@ -113,6 +114,11 @@ class _Route:
     schema: pa.Schema | None = None
     columns: tuple[str, ...] | None = None
     """Input columns for the schema's fields, in order (default: the same names)."""
+    row_group_rows: int | None = None
+    """Rows per Parquet row group (None: pyarrow's default)."""
+    shuffled: bool = False
+    """Write each shard's rows in a random order (seeded by the write task), e.g. training samples, whose
+    shards otherwise hold their users' samples one user after the other."""
 
 
 class _RoutedParquetSink(Datasink):
@@ -145,9 +151,12 @@ class _RoutedParquetSink(Datasink):
                 continue
             columns = route.columns or tuple(route.schema.names)
             shard = pa.table([rows.column(c) for c in columns], schema=route.schema)
+            if route.shuffled:
+                shard = shard.take(np.random.default_rng(ctx.task_idx).permutation(shard.num_rows))
             # The task index names the shard: a retried task overwrites its own shard, never adds one.
             (self.root / route.directory).mkdir(parents=True, exist_ok=True)
-            pq.write_table(shard, self.root / route.directory / f"part-{ctx.task_idx:05d}.parquet")
+            pq.write_table(shard, self.root / route.directory / f"part-{ctx.task_idx:05d}.parquet",
+                           row_group_size=route.row_group_rows)
         if self.tally_column:
             counts = pc.value_counts(table.column(self.tally_column).drop_null())
             result["tally"] = {v.as_py(): c.as_py() for v, c in zip(counts.field("values"), counts.field("counts"))}
@@ -313,7 +322,8 @@ def _prepare(config: PrepareConfig) -> PrepareSummary:
     )
     sample_sink = _RoutedParquetSink(
         out, "split",
-        {**{split: _Route(split, SAMPLE_SCHEMA) for split in SPLITS},
+        {**{split: _Route(split, SAMPLE_SCHEMA, row_group_rows=SAMPLE_ROW_GROUP_ROWS, shuffled=split == "train")
+            for split in SPLITS},
          HISTORY: _Route(f"{STAGING_DIR}/user_history", USER_HISTORY_SCHEMA)},
     )
     samples.write_datasink(sample_sink)

@@ -20,7 +20,9 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
                             "best epoch's weights (default: train every epoch, keep the last)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--length-buckets", type=int, default=0,
-                       help="batch samples of similar history length, sorting windows of N batches (0: off)")
+                       help="batch samples of similar history length, sorting groups of N batches (0: off)")
+    group.add_argument("--shuffle-window", type=int, default=TrainConfig.shuffle_window,
+                       help="samples per worker shuffled together each epoch (held in memory together)")
     group.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
 
 
@@ -38,7 +40,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, run_name: str) -> Non
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                        aux_weight=args.aux_weight, grad_clip=args.grad_clip, patience=args.patience,
-                       seed=args.seed)
+                       seed=args.seed, shuffle_window=args.shuffle_window, length_buckets=args.length_buckets)
 
 
 def cluster_config(args: argparse.Namespace) -> ClusterConfig:

@@ -129,6 +129,9 @@ class DistillJob(TrainJob):
     def exported(self, trained: CTRModel, dataset: DatasetDir) -> tuple[CTRModel, str, ModelConfig]:
         return trained.student, self.model, self.model_config(dataset)
 
+    def identity(self, dataset: DatasetDir) -> dict[str, Any]:
+        return {**super().identity(dataset), **self.describe()}
+
     def describe(self) -> dict[str, Any]:
         """What the student artifact's manifest records about its distillation."""
         described: dict[str, Any] = {"mode": self.mode, "hint_weight": self.hint_weight}

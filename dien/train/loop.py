@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dien.data.batch import Batch, collate
+from dien.data.epochs import OrderConfig, SampleOrder, TableUnits, read_ahead
 from dien.model.base import CTRModel
 from dien.train.metrics import ranking_metrics
 
@@ -39,12 +40,24 @@ class TrainConfig:
     epoch's weights. None trains every epoch and keeps the last weights."""
     seed: int = 0
     """Seed of the model initialization and the shuffling."""
+    shuffle_window: int = 262_144
+    """Samples per worker shuffled together each epoch, after a global permutation of the data's row groups
+    (``dien.data.epochs``); they are held in memory together."""
+    length_buckets: int = 0
+    """Batch samples of similar history length: sort groups of this many batches by length before cutting
+    them, and train the batches in a random order (0: off)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("need epochs >= 1 and batch_size >= 1")
         if self.patience is not None and self.patience < 1:
             raise ValueError("patience must be at least 1 epoch (or None to train every epoch)")
+        self.order()
+
+    def order(self) -> OrderConfig:
+        """The sample order these settings give (one per epoch, from the seed)."""
+        return OrderConfig(batch_size=self.batch_size, seed=self.seed, shuffle_window=self.shuffle_window,
+                           length_buckets=self.length_buckets)
 
 
 @dataclass
@@ -117,10 +130,8 @@ def predict(model: CTRModel, batches: Iterable[Batch], device: torch.device | st
     return Predictions.concat(parts)
 
 
-def iterate_batches(table: pa.Table, batch_size: int, shuffle_seed: int | None = None) -> Iterator[Batch]:
-    """Collated batches of an in-memory sample table, in a seeded random order when ``shuffle_seed`` is set."""
-    if shuffle_seed is not None:
-        table = table.take(np.random.default_rng(shuffle_seed).permutation(table.num_rows))
+def iterate_batches(table: pa.Table, batch_size: int) -> Iterator[Batch]:
+    """Collated batches of an in-memory sample table, in its order (for evaluation)."""
     for start in range(0, table.num_rows, batch_size):
         yield collate(table.slice(start, batch_size))
 
@@ -176,7 +187,8 @@ class FitResult:
 
 def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainConfig,
         device: torch.device | str = "cpu") -> FitResult:
-    """Single-process training on in-memory sample tables, evaluating on ``valid`` after every epoch.
+    """Single-process training on in-memory sample tables, evaluating on ``valid`` after every epoch; each
+    epoch sees ``train`` in the order a one-worker Ray Train run would (``dien.data.epochs``).
 
     ``model`` must already be on ``device``; batches are moved there. With ``config.patience`` the model ends
     with the weights of its best validation epoch.
@@ -186,10 +198,11 @@ def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainC
     optimizer, scheduler = make_optimizer(model, config)
     result = FitResult()
     best = BestEpoch(config.patience)
+    order = SampleOrder(TableUnits(train), config.order())
     for epoch in range(config.epochs):
         started = time.perf_counter()
-        losses = [train_step(model, batch.to(device), optimizer, config).loss
-                  for batch in iterate_batches(train, config.batch_size, shuffle_seed=config.seed * 1000 + epoch)]
+        batches = read_ahead(collate(rows) for rows in order.read(order.plan(epoch, 0, 1)))
+        losses = [train_step(model, batch.to(device), optimizer, config).loss for batch in batches]
         elapsed = time.perf_counter() - started
         scheduler.step()
         result.train_seconds += elapsed
