@@ -3,7 +3,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CPU_EXTENSION := $(VENV)/.dien-cpu-extension
 
-.PHONY: setup test demo compare benchmark-qps gpu-check cluster-up cluster-down clean
+.PHONY: setup test demo compare benchmark-qps benchmark-quality gpu-check cluster-up cluster-down clean
 
 # Re-installs only when the package definition changes.
 setup: $(STAMP) $(CPU_EXTENSION)
@@ -38,6 +38,17 @@ compare: setup
 # QPS_ARGS=--quick for a short run, QPS_ARGS="--url http://127.0.0.1:8000" for a running deployment.
 benchmark-qps: setup
 	$(PYTHON) jobs/benchmark_qps.py $(QPS_ARGS)
+
+# Our DIEN, DIN and BaseModel against DeepCTR-Torch's DIEN and DIN on MovieLens (read in place from ../shared),
+# 3 seeds; QUALITY_ARGS="--budget best" trains every model to its best validation epoch.
+ML_DATA ?= ../shared/data/ml-latest-small
+ML_OUT ?= data/movielens
+benchmark-quality: setup
+	$(PYTHON) -m pip install --quiet -e '.[peers]'
+	test -f $(ML_OUT)/manifest.json || $(PYTHON) jobs/prepare_data.py --source events --input $(ML_DATA)/ratings.csv \
+		--columns user=userId,item=movieId,timestamp=timestamp --items $(ML_DATA)/movies.csv \
+		--item-columns item=movieId,category=genres --protocol sliding --eval-targets 10 --out $(ML_OUT)
+	$(PYTHON) jobs/bench_quality.py --data $(ML_OUT) $(QUALITY_ARGS)
 
 # On a CUDA machine, which needs neither Ray nor the venv: the kernel and DIEN-training benchmarks, then the
 # Triton kernels compiled and checked against the reference (fp32 and bf16). GPU_PYTHON is a python with torch,

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from dien.bench.runs import ModelRuns, Ordering, pool_runs, summaries
+from dien.bench.runs import format_table as runs_table
 from dien.data.local import LocalDataset, build_local_dataset
 from dien.data.samples import SampleConfig
 from dien.data.synthetic import SyntheticConfig, generate
@@ -45,19 +45,6 @@ class CompareConfig:
     """Model-initialization and shuffling seeds; the data stays the same."""
 
 
-@dataclass
-class ModelRuns:
-    name: str
-    description: str
-    runs: list[dict[str, float]] = field(default_factory=list)
-    """Per seed: test auc, gauc, logloss, train samples/s and seconds, epochs run, best epoch."""
-
-    def stat(self, key: str) -> tuple[float, float]:
-        """Mean and sample standard deviation of ``key`` over the seeds."""
-        values = np.array([run[key] for run in self.runs], dtype=np.float64)
-        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
 def _run_one(dataset: LocalDataset, config: CompareConfig, name: str, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     model = build_model(name, ModelConfig(dataset.n_items, dataset.n_cats, hidden=config.hidden,
@@ -89,7 +76,7 @@ def compare_models(config: CompareConfig, out: str | Path | None = None) -> dict
             "events": events.num_rows,
             "samples": sizes,
             "seconds": time.perf_counter() - started,
-            "models": _summaries(results),
+            "models": summaries(results),
         }
 
     for seed in config.seeds:
@@ -104,15 +91,6 @@ def compare_models(config: CompareConfig, out: str | Path | None = None) -> dict
     return report()
 
 
-def _summaries(results: list[ModelRuns]) -> list[dict]:
-    return [
-        {"name": r.name, "description": r.description, "runs": r.runs,
-         **{f"{key}_{stat}": value for key in ("auc", "gauc", "logloss", "samples_per_second")
-            for stat, value in zip(("mean", "std"), r.stat(key))}}
-        for r in results if r.runs
-    ]
-
-
 def merge_reports(reports: list[dict]) -> dict:
     """One report from comparisons of the same data and settings run on different seeds (e.g. in parallel
     processes): runs are pooled per model and the statistics recomputed."""
@@ -123,39 +101,22 @@ def merge_reports(reports: list[dict]) -> dict:
         for key in ("synthetic", "samples", "train", "hidden", "history_sum"):
             if other["config"].get(key) != first["config"].get(key):
                 raise ValueError(f"cannot merge comparisons with different {key} settings")
-    results: dict[str, ModelRuns] = {}
-    for report in reports:
-        for model in report["models"]:
-            runs = results.setdefault(model["name"], ModelRuns(model["name"], model["description"]))
-            seen = {run["seed"] for run in runs.runs}
-            duplicate = seen & {run["seed"] for run in model["runs"]}
-            if duplicate:
-                raise ValueError(f"{model['name']}: seed {sorted(duplicate)[0]} appears in two reports")
-            runs.runs.extend(model["runs"])
     seeds = sorted({seed for report in reports for seed in report["config"]["seeds"]})
     return {**first, "config": {**first["config"], "seeds": seeds},
-            "seconds": sum(report["seconds"] for report in reports), "models": _summaries(list(results.values()))}
+            "seconds": sum(report["seconds"] for report in reports),
+            "models": pool_runs([report["models"] for report in reports])}
+
+
+PAPER_ORDERING = (Ordering("dien", "din"), Ordering("din", "base"))
+"""DIEN > DIN > BaseModel, each gap above twice the seeds' standard deviation."""
 
 
 def format_table(report: dict) -> str:
     """The report as an aligned text table, best AUC first, with the ordering checks the paper implies."""
-    rows = sorted(report["models"], key=lambda m: -m["auc_mean"])
-    lines = [f"{'model':<11} {'description':<38} {'test AUC':>17} {'test GAUC':>17} {'train samples/s':>15}"]
-    for m in rows:
-        lines.append(f"{m['name']:<11} {m['description'][:38]:<38} "
-                     f"{m['auc_mean']:.4f} ± {m['auc_std']:.4f}  {m['gauc_mean']:.4f} ± {m['gauc_std']:.4f} "
-                     f"{m['samples_per_second_mean']:>15.0f}")
-    by_name = {m["name"]: m for m in report["models"]}
-    for better, worse in (("dien", "din"), ("din", "base")):
-        if better in by_name and worse in by_name:
-            a, b = by_name[better], by_name[worse]
-            gap = a["auc_mean"] - b["auc_mean"]
-            bar = 2 * max(a["auc_std"], b["auc_std"])
-            verdict = "holds" if gap > bar and not math.isnan(gap) else "does NOT hold"
-            lines.append(f"{better} > {worse}: AUC gap {gap:+.4f} vs 2 x std {bar:.4f} -> {verdict}")
-    lines.append(f"kernel backend: {report['kernel_backend']}, torch threads: {report['torch_threads']}, "
-                 f"{report['events']} events, samples {report['samples']}, {report['seconds']:.0f} s")
-    return "\n".join(lines)
+    return "\n".join([
+        runs_table(report["models"], PAPER_ORDERING),
+        f"kernel backend: {report['kernel_backend']}, torch threads: {report['torch_threads']}, "
+        f"{report['events']} events, samples {report['samples']}, {report['seconds']:.0f} s"])
 
 
 def write_report(report: dict, path: str | Path) -> None:

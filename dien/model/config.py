@@ -17,6 +17,8 @@ class ModelConfig:
     """Category embedding width."""
     hidden: int = 36
     """GRU hidden size of the interest extractor and evolution layers (teacher 108, student 32)."""
+    embedding_std: float | None = None
+    """Item and category embeddings start as N(0, embedding_std^2); None keeps PyTorch's N(0, 1)."""
     mlp_dims: tuple[int, ...] = (200, 80)
     """Hidden widths of the prediction MLP; it ends in one logit."""
     activation: str = "dice"

@@ -19,7 +19,8 @@ class DIEN(CTRModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.embedding = BehaviorEmbedding(config.n_items, config.n_cats, config.item_dim, config.cat_dim)
+        self.embedding = BehaviorEmbedding(config.n_items, config.n_cats, config.item_dim, config.cat_dim,
+                                           config.embedding_std)
         dim = self.embedding.dim
         self.extractor = InterestExtractor(dim, config.hidden, config.aux_dims if config.use_aux else None)
         self.evolution = InterestEvolution(config.evolution, config.hidden, dim, config.hidden, config.attention)

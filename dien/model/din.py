@@ -17,7 +17,8 @@ class DIN(CTRModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.embedding = BehaviorEmbedding(config.n_items, config.n_cats, config.item_dim, config.cat_dim)
+        self.embedding = BehaviorEmbedding(config.n_items, config.n_cats, config.item_dim, config.cat_dim,
+                                           config.embedding_std)
         dim = self.embedding.dim
         self.attention = MLPAttention(dim, dim)
         self.history_sum = config.history_sum

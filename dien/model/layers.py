@@ -66,10 +66,15 @@ class MLP(nn.Module):
 class BehaviorEmbedding(nn.Module):
     """Item and category embeddings, concatenated. Id 0 is padding (a zero vector), id 1 out-of-vocabulary."""
 
-    def __init__(self, n_items: int, n_cats: int, item_dim: int, cat_dim: int) -> None:
+    def __init__(self, n_items: int, n_cats: int, item_dim: int, cat_dim: int, std: float | None = None) -> None:
+        """``std``: the tables start as N(0, std^2) (None: PyTorch's N(0, 1)); the padding row stays zero."""
         super().__init__()
         self.items = nn.Embedding(n_items, item_dim, padding_idx=0)
         self.cats = nn.Embedding(n_cats, cat_dim, padding_idx=0)
+        if std is not None:
+            for table in (self.items, self.cats):
+                nn.init.normal_(table.weight, std=std)
+                table._fill_padding_idx_with_zero()
         self.dim = item_dim + cat_dim
 
     def forward(self, items: Tensor, cats: Tensor) -> Tensor:

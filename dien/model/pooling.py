@@ -21,7 +21,8 @@ class SumPoolingModel(CTRModel):
 
     def __init__(self, config: ModelConfig, product: bool = False, wide: bool = False) -> None:
         super().__init__()
-        self.embedding = BehaviorEmbedding(config.n_items, config.n_cats, config.item_dim, config.cat_dim)
+        self.embedding = BehaviorEmbedding(config.n_items, config.n_cats, config.item_dim, config.cat_dim,
+                                           config.embedding_std)
         dim = self.embedding.dim
         self.product = product
         self.mlp = MLP(dim * (3 if product else 2), config.mlp_dims, config.activation)
