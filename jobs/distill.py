@@ -10,9 +10,9 @@ import logging
 import sys
 
 from dien.artifacts import ArtifactError
-from dien.model import MODELS
-from dien.train.cli import (add_cluster_arguments, add_optimization_arguments, cluster_config, format_summary,
-                            train_config)
+from dien.model import MODELS, ModelConfig
+from dien.train.cli import (add_cluster_arguments, add_model_arguments, add_optimization_arguments, cluster_config,
+                            format_summary, model_options, train_config)
 from dien.train.distill import MODES, DistillJob
 from dien.train.distributed import export_artifact, run_training
 
@@ -23,14 +23,17 @@ def main() -> int:
     parser.add_argument("--teacher", help="teacher artifact (frozen mode)")
     parser.add_argument("--mode", choices=MODES, default="frozen",
                         help="frozen: distil a trained teacher; joint: train teacher and student together")
-    parser.add_argument("--hint-weight", type=float, default=0.1, help="lambda of the hint loss")
+    parser.add_argument("--hint-weight", type=float, default=DistillJob.hint_weight,
+                        help="lambda of the hint loss (default: %(default)s)")
     parser.add_argument("--init-embeddings", action=argparse.BooleanOptionalAction, default=True,
                         help="frozen mode: start the student from a copy of the teacher's embedding tables")
-    parser.add_argument("--model", default="dien", choices=list(MODELS), help="the student's model")
-    parser.add_argument("--hidden", type=int, default=32, help="the student's GRU hidden size")
-    parser.add_argument("--teacher-model", default="dien", choices=list(MODELS), help="joint mode: the teacher's model")
-    parser.add_argument("--teacher-hidden", type=int, default=108, help="joint mode: the teacher's hidden size")
+    parser.add_argument("--model", default="dien", choices=list(MODELS), help="the student's model (default: %(default)s)")
+    parser.add_argument("--teacher-model", default="dien", choices=list(MODELS),
+                        help="joint mode: the teacher's model (default: %(default)s)")
+    parser.add_argument("--teacher-hidden", type=int, default=108,
+                        help="joint mode: the teacher's hidden size (default: %(default)s)")
     parser.add_argument("--out", required=True, help="student artifact directory")
+    add_model_arguments(parser, title="student", defaults=ModelConfig(0, 0, hidden=32))
     add_optimization_arguments(parser)
     add_cluster_arguments(parser, run_name="distill")
     args = parser.parse_args()
@@ -38,7 +41,7 @@ def main() -> int:
 
     try:
         job = DistillJob(
-            data=args.data, model=args.model, model_options={"hidden": args.hidden}, train=train_config(args),
+            data=args.data, model=args.model, model_options=model_options(args), train=train_config(args),
             cluster=cluster_config(args), bf16=args.bf16,
             teacher=args.teacher, teacher_model=args.teacher_model,
             teacher_options={"hidden": args.teacher_hidden}, hint_weight=args.hint_weight, mode=args.mode,

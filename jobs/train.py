@@ -12,21 +12,17 @@ import logging
 import sys
 
 from dien.model import MODELS
-from dien.train.cli import (add_cluster_arguments, add_optimization_arguments, cluster_config, format_summary,
-                            train_config)
+from dien.train.cli import (add_cluster_arguments, add_model_arguments, add_optimization_arguments, cluster_config,
+                            format_summary, model_options, train_config)
 from dien.train.distributed import TrainJob, export_artifact, run_training
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="prepared dataset directory (jobs/prepare_data.py)")
-    parser.add_argument("--model", default="dien", choices=list(MODELS))
-    parser.add_argument("--hidden", type=int, default=36, help="GRU hidden size (teacher 108, student 32)")
-    parser.add_argument("--attention", choices=("bilinear", "mlp"), default="bilinear")
-    parser.add_argument("--activation", choices=("dice", "prelu"), default="dice")
-    parser.add_argument("--history-sum", action="store_true",
-                        help="DIN/DIEN MLP also gets the sum-pooled history (the official code's inputs)")
+    parser.add_argument("--model", default="dien", choices=list(MODELS), help="(default: %(default)s)")
     parser.add_argument("--out", help="artifact directory to export the trained model to")
+    add_model_arguments(parser)
     add_optimization_arguments(parser)
     add_cluster_arguments(parser, run_name="dien")
     args = parser.parse_args()
@@ -35,8 +31,7 @@ def main() -> int:
     job = TrainJob(
         data=args.data,
         model=args.model,
-        model_options={"hidden": args.hidden, "attention": args.attention, "activation": args.activation,
-                       "history_sum": args.history_sum},
+        model_options=model_options(args),
         train=train_config(args),
         cluster=cluster_config(args),
         bf16=args.bf16,

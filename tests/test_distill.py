@@ -1,4 +1,6 @@
-"""Distillation: the hint never trains the teacher; a distilled student artifact loads and scores."""
+"""Distillation: the hint trains the student and never the teacher; a distilled student learns, loads and scores."""
+import copy
+
 import pytest
 import torch
 
@@ -25,16 +27,43 @@ def pair(dataset, joint):
     return DistillationModel(student, teacher, hint_weight=1.0, joint=joint, aux_weight=1.0), config
 
 
-def test_hint_gradient_never_reaches_the_teacher(small_dataset):
-    model, _ = pair(small_dataset, joint=True)
+def gradients(module: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """d loss / d parameter of ``module``'s parameters (zeros where the loss does not reach)."""
+    params = dict(module.named_parameters())
+    grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True)
+    return {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(params.items(), grads)}
+
+
+def test_the_hint_trains_the_student_and_never_the_teacher(small_dataset):
     batch = next(iterate_batches(small_dataset.splits["train"], 32))
+    model, _ = pair(small_dataset, joint=True)
     model.train()
-    student = model.student(batch)
-    teacher = model.teacher(batch)
-    hint = (student.logits - teacher.logits.detach()).square().mean()
-    hint.backward()
-    assert all(p.grad is None for p in model.teacher.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.student.parameters())
+    losses = {}
+    for weight in (0.0, 5.0):
+        model.hint_weight = weight
+        torch.manual_seed(1)
+        losses[weight] = model(batch).extra_loss
+    teacher = {weight: gradients(model.teacher, loss) for weight, loss in losses.items()}
+    student = {weight: gradients(model.student, loss) for weight, loss in losses.items()}
+    # The teacher's gradient is its own click and auxiliary losses', whatever the hint weighs ...
+    assert all(torch.allclose(teacher[0.0][name], teacher[5.0][name]) for name in teacher[0.0])
+    assert any(g.abs().sum() > 0 for g in teacher[0.0].values())
+    # ... while the hint alone moves the student.
+    assert all(g.abs().sum() == 0 for g in student[0.0].values())
+    assert any(g.abs().sum() > 0 for g in student[5.0].values())
+
+
+def test_the_hint_is_the_weighted_squared_logit_gap_and_vanishes_for_a_copy_of_the_teacher(small_dataset):
+    batch = next(iterate_batches(small_dataset.splits["train"], 32))
+    torch.manual_seed(0)
+    teacher = build_model("dien", ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=8))
+    student = copy.deepcopy(teacher)
+    model = DistillationModel(student, teacher, hint_weight=3.0, joint=False, aux_weight=1.0).eval()
+    assert model(batch).extra_loss.item() == 0.0
+    with torch.no_grad():
+        student.mlp.layers[-1].bias += 0.5  # every student logit 0.5 above the teacher's
+    assert model(batch).extra_loss.item() == pytest.approx(3.0 * 0.25, rel=1e-5)
+    assert not any(p.requires_grad for p in teacher.parameters()), "a frozen teacher is never trained"
 
 
 def test_joint_training_trains_both_but_frozen_keeps_the_teacher(small_dataset):

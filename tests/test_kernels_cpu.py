@@ -105,3 +105,42 @@ def test_triton_backend_refuses_cpu_tensors_outside_the_interpreter(monkeypatch)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="triton"):
         kernels.resolve_backend("cpu", "triton")
+
+
+def recorded_dtypes(monkeypatch, module, function: str) -> list[dict[str, torch.dtype]]:
+    """Wrap ``module.function`` (a backend's gru or augru) to record the dtypes it is called with."""
+    calls, original = [], getattr(module, function)
+
+    def recording(x, *args):
+        calls.append({"x": x.dtype, "weights": {a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()}})
+        return original(x, *args)
+
+    monkeypatch.setattr(module, function, recording)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_under_bf16_autocast_the_fp32_backends_compute_in_fp32(backend, monkeypatch):
+    from dien.kernels import reference
+    calls = recorded_dtypes(monkeypatch, cpu if backend == "cpu" else reference, "augru")
+    case = make_inputs(4, 7, 5, 6)
+    x = case.x.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        projected = torch.nn.functional.linear(x, torch.eye(5))  # bf16 under autocast, as the model's layers
+        out, h_last = kernels.augru(projected, case.att, case.lengths, case.weight_ih, case.weight_hh,
+                                    case.bias_ih, case.bias_hh, backend=backend)
+    assert projected.dtype == torch.bfloat16
+    assert calls == [{"x": torch.float32, "weights": {torch.float32}}]
+    assert out.dtype == h_last.dtype == torch.float32
+    out.sum().backward()
+    assert x.grad.dtype == torch.float32 and x.grad.abs().sum() > 0
+
+
+def test_compute_dtype_follows_the_backend_and_autocast():
+    from dien.kernels.dispatch import compute_dtype
+    assert compute_dtype("triton", "cpu", torch.float32) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compute_dtype("triton", "cpu", torch.float32) == torch.bfloat16
+        assert compute_dtype("cpu", "cpu", torch.bfloat16) == torch.float32
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert compute_dtype("triton", "cpu", torch.float16) == torch.float32

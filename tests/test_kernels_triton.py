@@ -130,3 +130,20 @@ def test_bfloat16_stays_near_the_float32_reference(op, hidden, poisoned_buffers)
                               "triton")
     assert all(value.dtype == torch.bfloat16 for value in actual.values())
     assert_close_in_norm(actual, expected, 2e-2)
+
+
+def test_under_bf16_autocast_the_fused_kernels_get_bf16_inputs(monkeypatch):
+    """The bf16 path the kernel benchmark measures: x, att, weights and h0 all bf16 (fp32 accumulation inside)."""
+    received = []
+    original = triton_recurrence.FusedRecurrence.forward
+
+    def recording(ctx, x, att, lengths, *weights_and_h0):
+        received.append({t.dtype for t in (x, att, *weights_and_h0) if t is not None})
+        return original(ctx, x, att, lengths, *weights_and_h0)
+
+    monkeypatch.setattr(triton_recurrence.FusedRecurrence, "forward", staticmethod(recording))
+    case = make_inputs(3, 5, 16, 16, with_h0=True, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        out, _ = kernels.augru(case.x, case.att, case.lengths, case.weight_ih, case.weight_hh, case.bias_ih,
+                               case.bias_hh, case.h0, backend="triton")
+    assert received == [{torch.bfloat16}] and out.dtype == torch.bfloat16

@@ -59,6 +59,31 @@ def _implementation(name: str) -> ModuleType:
     return _triton_backend() if name == "triton" else {"reference": reference, "cpu": cpu}[name]
 
 
+def compute_dtype(backend: str, device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``backend`` computes the recurrence in for inputs of ``dtype``: under autocast its bf16 when
+    the backend has a bf16 path (triton: bf16 inputs, fp32 accumulation and state), else fp32; outside
+    autocast the inputs' own dtype."""
+    if not torch.is_autocast_enabled(device_type):
+        return dtype
+    if backend == "triton" and torch.get_autocast_dtype(device_type) == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
+def _run(name: str, x: Tensor, att: Tensor | None, lengths: Tensor, *weights_and_h0: Tensor | None
+         ) -> tuple[Tensor, Tensor]:
+    """Backend ``name`` on the inputs cast to its compute dtype, with autocast off inside it: under autocast
+    the recurrence runs as the kernel benchmark measures it (the same dtype for x, att, weights and h0), not
+    with autocast re-casting single matmuls inside the Function."""
+    dtype = compute_dtype(name, x.device.type, x.dtype)
+    implementation = _implementation(name)
+    cast = [None if t is None else t.to(dtype) for t in (x, att, *weights_and_h0)]
+    with torch.autocast(x.device.type, enabled=False):
+        if att is None:
+            return implementation.gru(cast[0], lengths, *cast[2:])
+        return implementation.augru(cast[0], cast[1], lengths, *cast[2:])
+
+
 def _check(x: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor, att: Tensor | None) -> None:
     if x.dim() != 3:
         raise ValueError(f"x must be [B, T, I], got shape {tuple(x.shape)}")
@@ -91,11 +116,11 @@ def gru(
         x: [B, T, I] float. lengths: [B] int64, 0 <= len <= T. h0: [B, H] or None (zeros).
         backend: "reference", "cpu", "triton" or None (the fastest for ``x.device``); ``DIEN_KERNEL`` overrides.
     Returns:
-        out [B, T, H] (zeros at padded steps), h_last [B, H].
+        out [B, T, H] (zeros at padded steps), h_last [B, H], in :func:`compute_dtype` (under bf16 autocast:
+        bf16 from triton, fp32 from the others).
     """
     _check(x, lengths, weight_ih, weight_hh, None)
-    implementation = _implementation(resolve_backend(x.device.type, backend))
-    return implementation.gru(x, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    return _run(resolve_backend(x.device.type, backend), x, None, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
 
 
 def augru(
@@ -111,5 +136,4 @@ def augru(
 ) -> tuple[Tensor, Tensor]:
     """AUGRU (paper Eq. 11-12): like :func:`gru` with the update gate scaled by ``att`` [B, T]."""
     _check(x, lengths, weight_ih, weight_hh, att)
-    implementation = _implementation(resolve_backend(x.device.type, backend))
-    return implementation.augru(x, att, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    return _run(resolve_backend(x.device.type, backend), x, att, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)

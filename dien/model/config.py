@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,9 @@ class ModelConfig:
     """Item and category embeddings start as N(0, embedding_std^2); None keeps PyTorch's N(0, 1)."""
     mlp_dims: tuple[int, ...] = (200, 80)
     """Hidden widths of the prediction MLP; it ends in one logit."""
-    activation: str = "dice"
+    activation: Literal["dice", "prelu"] = "dice"
     """Activation of the prediction MLP: dice or prelu."""
-    attention: str = "bilinear"
+    attention: Literal["bilinear", "mlp"] = "bilinear"
     """Attention of the interest evolution layer: bilinear (paper Eq. 8) or mlp (the official code's)."""
     evolution: str = "augru"
     """Interest evolution kind: augru, agru, aigru, augru_official or gru_attention."""

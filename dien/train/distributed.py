@@ -293,8 +293,7 @@ class WorkerRun:
             data_seconds += time.perf_counter() - fetch_started
             progress.global_step += 1
             _inject_failure(self.job, self.rank, self.world, progress.global_step)
-            with self.autocast:
-                result = train_step(self.trained, batch.to(self.device), self.optimizer, self.job.train)
+            result = train_step(self.trained, batch.to(self.device), self.optimizer, self.job.train, self.autocast)
             progress.step_in_epoch += 1
             sums.add(result.loss, ids)
             log.step(progress, sums, started, resumed_steps)

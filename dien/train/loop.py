@@ -1,6 +1,7 @@
 """The training step and evaluation every trainer shares (single process here, Ray Train workers later)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -76,19 +77,23 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.o
     return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
 
 
-def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig) -> StepResult:
+def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig,
+               precision: contextlib.AbstractContextManager | None = None) -> StepResult:
     """One optimizer step on ``batch``: L = BCE(logits, label) + aux_weight * L_aux (+ the model's extra loss).
 
-    ``model`` may be a DDP wrapper around a :class:`CTRModel`.
+    ``model`` may be a DDP wrapper around a :class:`CTRModel`. ``precision`` (e.g. a bf16 ``torch.autocast``)
+    wraps the forward and the loss only: the backward and the optimizer step run outside it, as PyTorch's AMP
+    recipe has it, so the recurrences' hand-written backwards keep their own dtypes.
     """
     model.train()
-    output = model(batch)
-    target_loss = F.binary_cross_entropy_with_logits(output.logits, batch.label)
-    loss = target_loss
-    if output.aux_loss is not None:
-        loss = loss + config.aux_weight * output.aux_loss
-    if output.extra_loss is not None:
-        loss = loss + output.extra_loss
+    with precision or contextlib.nullcontext():
+        output = model(batch)
+        target_loss = F.binary_cross_entropy_with_logits(output.logits.float(), batch.label)
+        loss = target_loss
+        if output.aux_loss is not None:
+            loss = loss + config.aux_weight * output.aux_loss.float()
+        if output.extra_loss is not None:
+            loss = loss + output.extra_loss.float()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip is not None:
