@@ -34,7 +34,7 @@ from dien.model import ModelConfig, build_model
 from dien.serve import RequestLimits, ScorerConfig, ServeArgs
 from dien.serve.config import resolve_path
 from dien.serve.history import UserHistoryStore
-from dien.serve.ingress import BATCH_SIZE_HEADER, INGRESS
+from dien.serve.ingress import BATCH_SIZE_HEADER, INGRESS, current_request_id
 from dien.bench.redeploy_check import LoadProbe, config_with_model, wait_for_version
 from dien.serve.scorer import SCORER
 from dien.serve.scoring import ScoreJob, TokenIndex, score_jobs
@@ -474,3 +474,16 @@ def test_redeploying_a_new_model_under_load_fails_no_request(server, offline, ca
     assert set(report.versions) == {offline["a"].version, offline["b"].version}, report.versions
     # The new model's vocabulary numbers the items differently: tokens are translated, scores still exact.
     assert_scored(server.post(body), body, offline["b"])
+
+
+def test_the_request_id_comes_from_the_serve_context_this_ray_version_keeps():
+    """``current_request_id`` is the one place that reads Serve's private request context (Ray 2.60 has no public
+    accessor): this fails when a Ray upgrade renames or moves it."""
+    from ray.serve import context
+
+    token = context._serve_request_context.set(context._RequestContext(request_id="req-123"))
+    try:
+        assert current_request_id() == "req-123"
+    finally:
+        context._serve_request_context.reset(token)
+    assert current_request_id() == ""

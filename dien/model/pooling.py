@@ -16,8 +16,10 @@ def embed_history(embedding: BehaviorEmbedding, hist_item: Tensor, hist_cat: Ten
 
 
 class SumPoolingModel(CTRModel):
-    """BaseModel: MLP over [target, sum of history]. ``product`` adds PNN's target * sum features;
-    ``wide`` adds Wide&Deep's linear part on [target, target * sum]."""
+    """BaseModel: MLP over [target, sum of history]. ``product`` adds the target * sum features of the DIEN code's
+    PNN baseline; ``wide`` adds the linear part on [target, target * sum] of its Wide&Deep baseline. (Those are
+    the baselines of the DIEN paper's Table 2 as its official code builds them; the PNN and Wide&Deep papers'
+    own models, with a product layer over every field pair and hashed cross features, are not implemented.)"""
 
     def __init__(self, config: ModelConfig, product: bool = False, wide: bool = False) -> None:
         super().__init__()

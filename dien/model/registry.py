@@ -23,8 +23,11 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "base": ModelSpec(SumPoolingModel, "BaseModel: Embedding & MLP with sum pooling"),
-    "wide_deep": ModelSpec(SumPoolingModel, "Wide&Deep", options={"wide": True}),
-    "pnn": ModelSpec(SumPoolingModel, "PNN: product features", options={"product": True}),
+    # The DIEN paper's Table 2 baselines as its official code builds them (Model_WideDeep, Model_PNN), not the
+    # full models of their own papers: no hashed cross features, no product layer across every field pair.
+    "wide_deep": ModelSpec(SumPoolingModel, "Wide&Deep (DIEN code): wide = linear on [target, target*sum]",
+                           options={"wide": True}),
+    "pnn": ModelSpec(SumPoolingModel, "PNN (DIEN code): MLP on [target, sum, target*sum]", options={"product": True}),
     "din": ModelSpec(DIN, "DIN: target attention over behaviors"),
     "gru_att": ModelSpec(DIEN, "Two-layer GRU + attention", {"evolution": "gru_attention", "use_aux": False}),
     "gru_aigru": ModelSpec(DIEN, "GRU + AIGRU", {"evolution": "aigru", "use_aux": False}),
