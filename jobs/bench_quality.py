@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help="samples per optimizer step (split among our Ray Train workers)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="Ray Train workers of our models")
+    parser.add_argument("--peer-lr", type=float, default=defaults.peer_lr,
+                        help="the DeepCTR-Torch models' learning rate (default: theirs, 1e-3)")
     parser.add_argument("--out", default=defaults.out, help="report and run directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         DatasetDir(args.data)
         config = QualityConfig(data=args.data, out=args.out, models=tuple(args.models), seeds=tuple(args.seeds),
                                budget=args.budget, epochs=args.epochs, max_epochs=args.max_epochs,
-                               patience=args.patience, batch_size=args.batch_size, workers=args.workers)
+                               patience=args.patience, batch_size=args.batch_size, workers=args.workers,
+                               peer_lr=args.peer_lr)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

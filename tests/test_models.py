@@ -59,7 +59,8 @@ def test_auxiliary_loss_is_a_mean_over_valid_pairs_only():
 
 def test_changing_a_negative_changes_the_auxiliary_loss():
     torch.manual_seed(0)
-    model = build_model("dien", ModelConfig(n_items=50, n_cats=10)).train()
+    # N(0, 1) embeddings: with the default small ones a changed negative moves the loss by a few 1e-7 only.
+    model = build_model("dien", ModelConfig(n_items=50, n_cats=10, embedding_std=None)).train()
     batch = random_batch()
     loss = model(batch).aux_loss
     batch.neg_hist_item[2, 3] = 2 if batch.neg_hist_item[2, 3] != 2 else 3
@@ -151,3 +152,13 @@ def test_a_config_saved_before_history_sum_existed_loads_with_the_sum():
     del saved["history_sum"]
     assert ModelConfig.from_dict(saved).history_sum is True
     assert ModelConfig.from_dict(ModelConfig(100, 10).to_dict()).history_sum is False
+
+
+def test_embeddings_start_small_by_default_with_a_zero_padding_row():
+    torch.manual_seed(0)
+    small = build_model("dien", ModelConfig(5000, 50))
+    wide = build_model("dien", ModelConfig(5000, 50, embedding_std=None))
+    for model, std in ((small, 0.01), (wide, 1.0)):
+        table = model.embedding.items.weight
+        assert table[1:].std().item() == pytest.approx(std, rel=0.05)
+        assert torch.all(table[0] == 0) and torch.all(model.embedding.cats.weight[0] == 0)

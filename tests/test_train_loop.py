@@ -44,7 +44,7 @@ def test_an_unknown_candidate_scores_near_the_base_rate_not_above_known_items(lo
     dataset = long_tail_dataset
     torch.manual_seed(0)
     model = build_model("dien", ModelConfig(dataset.n_items, dataset.n_cats, hidden=16))
-    fit(model, dataset.splits["train"], None, TrainConfig(epochs=2, batch_size=64, lr=2e-3))
+    fit(model, dataset.splits["train"], None, TrainConfig(epochs=2, batch_size=64, lr=2e-3, patience=None))
     held_back = collate(dataset.splits["test"])
     known = model.predict(held_back)
     unknown = model.predict(replace(held_back, target_item=torch.full_like(held_back.target_item, OUT_OF_VOCABULARY)))

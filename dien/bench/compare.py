@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,13 +27,10 @@ class CompareConfig:
     """The generated behavior logs every model is trained on."""
     samples: SampleConfig = field(default_factory=SampleConfig)
     """How targets and histories are cut from the logs."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=10, lr=2e-3, lr_decay=0.85, patience=2, aux_weight=0.3))
-    """Optimization settings shared by every model (its seed is replaced per run). The paper's lr 1e-3,
-    halved every epoch, suits millions of samples; the default synthetic data has ~146k training samples, on
-    which the models peak after 5-10 epochs, so each run stops 2 epochs after its best validation AUC and is
-    tested with that epoch's weights. alpha = 0.3 was chosen on the validation split of the 30k-user data
-    (DIEN, alpha 0.1 / 0.3 / 1: best validation AUC 0.833 / 0.835 / 0.815, mean of 2 seeds)."""
+    train: TrainConfig = field(default_factory=lambda: replace(TrainConfig(), epochs=10, patience=2))
+    """The library's default optimization settings with a budget of up to 10 epochs, stopped 2 epochs after the
+    best validation AUC and tested with that epoch's weights (the models peak after 5-10 epochs on the default
+    data); the seed is replaced per run."""
     hidden: int = 36
     """GRU hidden size of the sequence models."""
     history_sum: bool = False

@@ -41,6 +41,8 @@ class PeerConfig:
     """Early stopping on validation AUC, keeping the best epoch's weights (None: train every epoch)."""
     batch_size: int = 128
     eval_batch_size: int = 1024
+    lr: float | None = None
+    """Adam's learning rate; None keeps DeepCTR-Torch's default (1e-3)."""
 
 
 def available() -> bool:
@@ -88,7 +90,8 @@ def build(name: str, n_items: int, n_cats: int, max_len: int, config: PeerConfig
         model = DIN(columns, behaviors, dnn_hidden_units=config.mlp_dims, seed=seed, device="cpu")
     else:
         raise ValueError(f"unknown peer model {name!r}; choose one of {', '.join(PEERS)}")
-    model.compile("adam", "binary_crossentropy")
+    model.compile("adam" if config.lr is None else torch.optim.Adam(model.parameters(), lr=config.lr),
+                  "binary_crossentropy")
     return model
 
 

@@ -63,6 +63,8 @@ class QualityConfig:
     """Samples per optimizer step (split among the Ray Train workers)."""
     workers: int = 2
     """Ray Train workers of our models."""
+    peer_lr: float | None = None
+    """The peers' Adam learning rate; None keeps DeepCTR-Torch's default (1e-3)."""
 
     def __post_init__(self) -> None:
         unknown = set(self.models) - set(MODEL_NAMES)
@@ -83,7 +85,7 @@ class QualityConfig:
         defaults = ModelConfig(1, 1)
         epochs, patience = (self.epochs, None) if self.budget == "fixed" else (self.max_epochs, self.patience)
         return peers.PeerConfig(embedding_dim=defaults.item_dim, mlp_dims=defaults.mlp_dims, epochs=epochs,
-                                patience=patience, batch_size=self.batch_size)
+                                patience=patience, batch_size=self.batch_size, lr=self.peer_lr)
 
     def settings(self) -> dict[str, Any]:
         """What must match for a report's runs to be reused."""
@@ -185,5 +187,6 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join([
         format_table(report["models"], GOALS + (Agreement("dien", FIT),)),
         f"{report['data']}: samples {report['counts']}; budget {budget}, batch {settings['batch_size']}, "
-        f"{settings['workers']} Ray Train workers; torch threads {report['torch_threads']}; "
+        f"{settings['workers']} Ray Train workers; DeepCTR-Torch lr {settings.get('peer_lr') or '1e-3 (its default)'}; "
+        f"torch threads {report['torch_threads']}; "
         f"{report['seconds']:.0f} s"])

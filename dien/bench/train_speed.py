@@ -69,7 +69,7 @@ def random_samples(config: SpeedConfig) -> pa.Table:
 def run_benchmark(config: SpeedConfig) -> dict:
     torch.set_num_threads(config.threads)
     table = random_samples(config)
-    ours = replace(TrainConfig(), epochs=1, batch_size=config.batch_size, seed=config.seed)
+    ours = replace(TrainConfig(), epochs=1, patience=None, batch_size=config.batch_size, seed=config.seed)
     model_config = ModelConfig(config.items, config.categories)
     labels = table.column("label").to_numpy().astype(np.float32)
     peer_config = peers.PeerConfig(embedding_dim=model_config.item_dim, mlp_dims=model_config.mlp_dims,

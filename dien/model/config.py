@@ -17,8 +17,10 @@ class ModelConfig:
     """Category embedding width."""
     hidden: int = 36
     """GRU hidden size of the interest extractor and evolution layers (teacher 108, student 32)."""
-    embedding_std: float | None = None
-    """Item and category embeddings start as N(0, embedding_std^2); None keeps PyTorch's N(0, 1)."""
+    embedding_std: float | None = 0.01
+    """Item and category embeddings start as N(0, embedding_std^2); None keeps PyTorch's N(0, 1). Small
+    starting embeddings let rare items begin near zero instead of as large random vectors (README: choosing
+    the defaults)."""
     mlp_dims: tuple[int, ...] = (200, 80)
     """Hidden widths of the prediction MLP; it ends in one logit."""
     activation: Literal["dice", "prelu"] = "dice"

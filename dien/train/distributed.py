@@ -248,6 +248,9 @@ class WorkerRun:
     def restore(self, directory: Path) -> None:
         """Continue from the checkpoint in ``directory``: refused when it belongs to another run."""
         state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        if "identity" not in state:
+            raise RunMismatch(f"the checkpoint of run {self.job.cluster.run_name!r} was written by an earlier version "
+                              "that did not record the run's settings; choose another --run-name")
         check_same_run(state["identity"], self.identity, self.job.cluster.run_name)
         if state["progress"]["step_in_epoch"] and state["world"] != self.world:
             raise RunMismatch(f"run {self.job.cluster.run_name!r} stopped mid-epoch with {state['world']} workers; "
@@ -401,6 +404,9 @@ def run_training(job: TrainJob):
     fail_at = os.environ.get(FAIL_AT_STEP_ENV)
     job = replace(job.with_absolute_paths(), fail_at_step=int(fail_at) if fail_at else job.fail_at_step)
     cluster = job.cluster
+    if job.train.patience is not None and not DatasetDir(job.data).manifest["counts"].get("valid"):
+        raise ValueError(f"early stopping (patience {job.train.patience}) needs validation samples, and {job.data} "
+                         "has none: prepare it with a validation split, or train with --patience none")
     claim_run(job)
     connect()
     trainer = TorchTrainer(

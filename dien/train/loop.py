@@ -22,21 +22,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 2
-    """Passes over the training samples."""
+    epochs: int = 10
+    """Passes over the training samples (at most, with ``patience``)."""
     batch_size: int = 128
     """Samples per optimizer step (per worker when distributed)."""
-    lr: float = 1e-3
-    """Adam learning rate of the first epoch."""
-    lr_decay: float = 0.5
+    lr: float = 5e-3
+    """Adam learning rate of the first epoch (the paper: 1e-3)."""
+    lr_decay: float = 0.85
     """Multiplier applied to the learning rate after every epoch (the paper halves it)."""
-    aux_weight: float = 1.0
-    """alpha of L = L_target + alpha * L_aux; only models with an auxiliary loss use it."""
+    aux_weight: float = 0.3
+    """alpha of L = L_target + alpha * L_aux (the paper: 1); only models with an auxiliary loss use it."""
     grad_clip: float | None = None
     """Clip the global gradient norm to this value; None disables clipping."""
     eval_batch_size: int = 1024
     """Samples per forward pass during evaluation."""
-    patience: int | None = None
+    patience: int | None = 2
     """Early stopping: end training after this many epochs without a better validation AUC and keep the best
     epoch's weights. None trains every epoch and keeps the last weights."""
     seed: int = 0
