@@ -20,12 +20,12 @@ from dien.data.events import ColumnMapping, InputError, ItemColumns
 from dien.data.formats import FORMATS
 from dien.data.pipeline import PrepareConfig, PrepareSummary, prepare
 from dien.data.readers import SOURCES, SourceConfig
-from dien.data.samples import PROTOCOLS, SampleConfig
+from dien.data.samples import SampleConfig
 from dien.data.synthetic import SyntheticConfig
+from dien.options import add_options, from_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    defaults, synthetic, source_defaults = SampleConfig(), SyntheticConfig(), SourceConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", choices=SOURCES, default="synthetic")
     parser.add_argument("--input", nargs="+", action="extend", default=[], metavar="PATH",
@@ -43,74 +43,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     items.add_argument("--items-format", choices=FORMATS, help="item table format (default: from the extension)")
     items.add_argument("--item-columns", help="item table column mapping item=…,category=… "
                                               "(default item=item_id,category=category)")
-    items.add_argument("--category-separator", default=source_defaults.category_separator,
+    items.add_argument("--category-separator", default=SourceConfig.category_separator,
                        help="a multi-valued category A|B|C takes its first value; '' keeps the whole text "
                             "(default %(default)r)")
     parser.add_argument("--out", required=True, help="dataset directory to write")
 
-    samples = parser.add_argument_group("samples")
-    samples.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol)
-    samples.add_argument("--max-len", type=int, default=defaults.max_len, help="behaviors kept per history")
-    samples.add_argument("--min-history", type=int, default=defaults.min_history,
-                         help="behaviors a target needs before it (sliding: the first k)")
-    samples.add_argument("--test-fraction", type=float, default=defaults.test_fraction, help="paper: test users")
-    samples.add_argument("--valid-fraction", type=float, default=defaults.valid_fraction,
-                         help="paper: share of the train users carved out as valid")
-    samples.add_argument("--eval-targets", type=int, default=defaults.eval_targets,
-                         help="sliding: each user's last k targets are test, the k before them valid")
-    samples.add_argument("--min-count", type=int, default=1, help="rarer items/categories map to OOV")
-    samples.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (and synthetic data seed)")
+    add_options(parser.add_argument_group("samples"), SampleConfig)
+    add_options(parser.add_argument_group("preparation"), PrepareConfig, exclude=("out", "source", "samples"))
 
-    parallel = parser.add_argument_group("parallelism")
-    parallel.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
-    parallel.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: max(4, 2×cores))")
-    parallel.add_argument("--partitions", type=int, help="shuffle partitions (default: one per 1M events, ≥ CPUs)")
-    parallel.add_argument("--events-per-group", type=int, default=PrepareConfig.events_per_group,
-                          help="events per sample-building call")
-    parallel.add_argument("--keep-staging", action="store_true", help="keep <out>/staging (checked events)")
-    parallel.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
-                          help="Ray Data progress bars")
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+    cluster.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: max(4, 2×cores))")
+    cluster.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                         help="Ray Data progress bars")
 
     generator = parser.add_argument_group("synthetic source")
     size = generator.add_mutually_exclusive_group()
-    size.add_argument("--users", type=int, help=f"users (default {synthetic.n_users})")
+    size.add_argument("--users", type=int, help=f"users (default {SyntheticConfig.n_users})")
     size.add_argument("--events", type=int, help="about this many events (sets --users from the events per user)")
-    generator.add_argument("--n-items", type=int, default=synthetic.n_items, help="distinct items")
-    generator.add_argument("--categories", type=int, default=synthetic.n_categories)
-    generator.add_argument("--min-events", type=int, default=synthetic.min_events, help="fewest events per user")
-    generator.add_argument("--max-events", type=int, default=synthetic.max_events, help="most events per user")
-    generator.add_argument("--drift", type=float, default=synthetic.drift, help="interest drift probability")
-    generator.add_argument("--successors", type=int, default=synthetic.successors)
-    generator.add_argument("--noise", type=float, default=synthetic.noise, help="off-interest event probability")
-    generator.add_argument("--zipf", type=float, default=synthetic.zipf)
-    generator.add_argument("--block-size", type=int, default=synthetic.block_size, help="users per generation task")
+    add_options(generator, SyntheticConfig, exclude=("n_users", "seed"), names={"n_categories": "categories"})
     generator.add_argument("--data-seed", type=int, help="generator seed (default: --seed)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> PrepareConfig:
-    users = args.users
+    users = args.users or SyntheticConfig.n_users
     if args.events is not None:
         users = max(1, round(args.events / ((args.min_events + args.max_events) / 2)))
-    synthetic = SyntheticConfig(
-        n_users=users or SyntheticConfig.n_users, n_items=args.n_items, n_categories=args.categories,
-        min_events=args.min_events, max_events=args.max_events, drift=args.drift, successors=args.successors,
-        noise=args.noise, zipf=args.zipf, block_size=args.block_size,
-        seed=args.seed if args.data_seed is None else args.data_seed,
-    )
+    synthetic = from_options(args, SyntheticConfig, n_users=users,
+                             seed=args.seed if args.data_seed is None else args.data_seed)
     source = SourceConfig(
         kind=args.source, inputs=tuple(args.input), format=args.format, columns=ColumnMapping.parse(args.columns),
         keep_events=tuple(e.strip() for e in args.keep_events.split(",")) if args.keep_events else None,
         meta=tuple(args.meta), synthetic=synthetic, items=tuple(args.items), items_format=args.items_format,
         item_columns=ItemColumns.parse(args.item_columns), category_separator=args.category_separator or None,
     )
-    samples = SampleConfig(protocol=args.protocol, max_len=args.max_len, min_history=args.min_history,
-                           test_fraction=args.test_fraction, valid_fraction=args.valid_fraction,
-                           eval_targets=args.eval_targets, seed=args.seed)
-    return PrepareConfig(out=args.out, source=source, samples=samples, min_count=args.min_count,
-                         partitions=args.partitions, events_per_group=args.events_per_group,
-                         keep_staging=args.keep_staging)
+    return from_options(args, PrepareConfig, out=args.out, source=source, samples=from_options(args, SampleConfig))
 
 
 def print_summary(summary: PrepareSummary) -> None:

@@ -3,6 +3,8 @@
 Tests taking the ``loops`` fixture run twice: on the C++ time loops (skipped where ``make setup`` did not build
 them) and on the PyTorch loops the backend falls back to. float64 always runs the PyTorch loops.
 """
+import os
+
 import pytest
 import torch
 
@@ -144,3 +146,26 @@ def test_compute_dtype_follows_the_backend_and_autocast():
         assert compute_dtype("cpu", "cpu", torch.bfloat16) == torch.float32
     with torch.autocast("cpu", dtype=torch.float16):
         assert compute_dtype("triton", "cpu", torch.float16) == torch.float32
+
+
+def test_the_extension_build_is_named_by_the_cpu_it_was_compiled_for(monkeypatch):
+    signature = cpu.cpu_signature()
+    assert signature.split()[0] == os.uname().machine
+    name = cpu.extension_name()
+    assert cpu.extension_name() == name
+    monkeypatch.setattr(cpu, "cpu_signature", lambda: f"{signature} an_extension_this_cpu_lacks")
+    assert cpu.extension_name() != name
+
+
+def test_a_build_for_another_cpu_is_not_loaded(monkeypatch):
+    """A venv moved to a CPU without the instructions -march=native used falls back to the PyTorch loops."""
+    monkeypatch.setattr(cpu, "cpu_signature", lambda: "another-machine")
+    cpu._extension.cache_clear()
+    try:
+        assert cpu._extension() is None
+        case = make_inputs(3, 5, 4, 6)
+        expected = forward_backward("augru", case, "reference")
+        assert_same_results(forward_backward("augru", case, "cpu"), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        monkeypatch.undo()
+        cpu._extension.cache_clear()

@@ -1,6 +1,7 @@
 """Command-line options from the config dataclasses: flags, defaults and help come from the fields."""
 import argparse
 import dataclasses
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,10 @@ from typing import Literal
 
 import pytest
 
+from dien.data.pipeline import PrepareConfig
+from dien.data.readers import SourceConfig
+from dien.data.samples import SampleConfig
+from dien.data.synthetic import SyntheticConfig
 from dien.options import add_options, field_docs, from_options
 from dien.train.distributed import ClusterConfig
 from dien.train.loop import TrainConfig
@@ -62,3 +67,33 @@ def test_the_training_jobs_show_the_libraries_defaults(job):
                 continue
             value = getattr(config, spec.name)
             assert f"(default: {value})" in help_text, f"{job}: {spec.name} should show its default {value}"
+
+
+def _prepare_job():
+    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "jobs" / "prepare_data.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job
+
+
+def test_prepare_data_defaults_are_the_libraries_and_every_flag_reaches_its_config():
+    job = _prepare_job()
+    config = job.build_config(job.parse_args(["--out", "x"]))
+    assert config == PrepareConfig(out="x", source=dataclasses.replace(SourceConfig(), kind="synthetic"))
+    args = job.parse_args(["--out", "x", "--protocol", "sliding", "--eval-targets", "4", "--seed", "3",
+                           "--min-count", "2", "--partitions", "6", "--users", "50", "--categories", "10",
+                           "--taste-step", "0", "--data-seed", "9"])
+    config = job.build_config(args)
+    assert config.samples == SampleConfig(protocol="sliding", eval_targets=4, seed=3)
+    assert (config.min_count, config.partitions) == (2, 6)
+    assert config.source.synthetic == SyntheticConfig(n_users=50, n_categories=10, taste_step=0, seed=9)
+
+
+def test_prepare_data_help_shows_every_sample_and_generator_default():
+    help_text = " ".join(subprocess.run([sys.executable, str(ROOT / "jobs" / "prepare_data.py"), "--help"],
+                                        capture_output=True, text=True, check=True).stdout.split())
+    for config in (SampleConfig(), SyntheticConfig()):
+        for spec in dataclasses.fields(config):
+            if spec.name in ("n_users", "seed") and isinstance(config, SyntheticConfig):
+                continue
+            assert f"(default: {getattr(config, spec.name)})" in help_text, spec.name

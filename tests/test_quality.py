@@ -3,8 +3,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from dien.bench import peers, quality
+from dien.bench import peers, quality, train_speed
 from dien.bench.quality import QualityConfig, format_report, run_benchmark
 from dien.bench.runs import Agreement, Ordering, format_table
 from dien.data.batch import collate
@@ -76,3 +77,14 @@ def test_the_benchmark_refuses_unknown_models_and_uneven_batches(tmp_path):
         QualityConfig(data=str(tmp_path), models=("dien", "xgboost"))
     with pytest.raises(ValueError, match="does not split evenly"):
         QualityConfig(data=str(tmp_path), batch_size=127, workers=2)
+
+
+def test_the_speed_benchmark_times_our_variants_against_the_peer_on_the_same_samples():
+    threads = torch.get_num_threads()
+    report = train_speed.run_benchmark(train_speed.SpeedConfig(samples=256, max_len=20, rounds=1, threads=threads))
+    results = {r["name"]: r for r in report["results"]}
+    assert list(results) == ["ours", "ours_bucketed", "deepctr_dien"]
+    assert all(len(r["samples_per_second"]) == 1 and r["best"] > 0 for r in results.values())
+    assert results["deepctr_dien"]["ratio_to_deepctr"] == 1.0
+    assert results["ours"]["ratio_to_deepctr"] == pytest.approx(results["ours"]["best"] / results["deepctr_dien"]["best"])
+    assert "length buckets 16" in train_speed.format_report(report)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,10 +27,10 @@ class CompareConfig:
     """The generated behavior logs every model is trained on."""
     samples: SampleConfig = field(default_factory=SampleConfig)
     """How targets and histories are cut from the logs."""
-    train: TrainConfig = field(default_factory=lambda: replace(TrainConfig(), epochs=10, patience=2))
-    """The library's default optimization settings with a budget of up to 10 epochs, stopped 2 epochs after the
-    best validation AUC and tested with that epoch's weights (the models peak after 5-10 epochs on the default
-    data); the seed is replaced per run."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The library's default training settings: up to 10 epochs, stopped 2 epochs after the best validation AUC
+    and tested with that epoch's weights (the models peak after 5-10 epochs on the default data); the seed is
+    replaced per run."""
     hidden: int = 36
     """GRU hidden size of the sequence models."""
     history_sum: bool = False

@@ -7,6 +7,7 @@ users are grouped into tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -34,12 +35,13 @@ HISTORY_SCHEMA = pa.schema(
 )
 """A user's latest history: the last ``max_len`` behaviors (oldest first) and the time of the last one."""
 SPLITS = ("train", "valid", "test")
-PROTOCOLS = ("paper", "sliding")
+Protocol = Literal["paper", "sliding"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    protocol: str = "paper"
+    protocol: Protocol = "paper"
     """paper: per user the last behavior vs. one negative, users split into train/valid/test.
     sliding: every behavior after the first ``min_history`` is a target; per user the last
     ``eval_targets`` targets are test, the ``eval_targets`` before them valid, the rest train."""
@@ -57,6 +59,7 @@ class SampleConfig:
     gives an evaluation set large enough to decide small AUC gaps (one pair per user is ~1.2k samples on
     MovieLens-small, about +-0.015 AUC)."""
     seed: int = 0
+    """Seed of the negative sampling and of the paper protocol's user split."""
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

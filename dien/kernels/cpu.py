@@ -11,23 +11,21 @@ The two time loops run in a C++ extension (``cpu_recurrence.cpp``: the gate math
 across the intra-op threads) when ``make setup`` has built it (``python -m dien.kernels.cpu --build``), and as
 PyTorch loops otherwise (no compiler, float64, non-CPU tensors).
 
-Measured on the 2-core development machine while other jobs shared it (torch 2.13 CPU, AMD EPYC; B=128, T=100,
-I=H=36, random lengths, fp32): forward + backward, best of 7-10 interleaved rounds, as the speed-up over the
-reference in the same run (the reference took 50-65 ms a pass on one thread):
+Measured by ``jobs/bench_kernels.py --quick`` on the 2-core development machine (torch 2.13 CPU; B=128, T=100,
+I=H=36, random lengths, fp32, 2 threads, best of 3 rounds; ``runs/bench_kernels_quick.json``), and again with
+``DIEN_EXTENSION_DIR`` pointing at an empty directory, which leaves the PyTorch loops
+(``runs/bench_kernels_quick_pytorch_loops.json``); forward + backward as the speed-up over the reference in the
+same run, and DIEN training end to end:
 
-    option                                                       threads   GRU    AUGRU
-    loop with the input matmul hoisted, autograd backward           1      0.6x   0.8x
-    torch.compile of the step function (inductor)                   1      0.4x   0.5x
-    nn.GRU (oneDNN) on the padded input, GRU only                   1      1.9x   n/a
-    this Function, PyTorch loops                                    1      1.6x   1.5x
-    this Function, C++ loops (e.g. GRU 17.8 ms vs 64.3 ms)          1      3.6x   3.2x
-    this Function, C++ loops (jobs/bench_kernels.py --quick)        2      4.3x   4.9x
+    backend                          GRU    AUGRU   DIEN training, samples/s
+    this Function, C++ loops         5.1x   6.4x    1,512 (reference 478)
+    this Function, PyTorch loops     1.9x   2.4x    1,094 (reference 498)
+    nn.GRU (oneDNN), padded input    2.0x   n/a
 
 Both loop versions do the same GEMMs; what the PyTorch loops add is ~10 small elementwise calls a step plus the
-vectorized gate-derivative pass of the backward, which the C++ pass replaces. torch.compile re-enters its guards
-on every step and took ~30 s to compile the step. The C++ loops build in about 40 s with g++ and
-ninja, and loading them never compiles, so an unbuilt extension only means the slower loops; the tests run both.
-DIEN training end to end (``jobs/bench_kernels.py --quick``, 2 threads) went from 163 to 743 samples/s.
+vectorized gate-derivative pass of the backward, which the C++ pass replaces. The C++ loops build in under a
+minute with g++ and ninja, and loading them never compiles, so an unbuilt extension only means the slower
+loops; the tests run both.
 """
 from __future__ import annotations
 
@@ -50,10 +48,26 @@ EXTENSION_SOURCE = Path(__file__).with_name("cpu_recurrence.cpp")
 EXTENSION_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-march=native"]
 
 
+def cpu_signature() -> str:
+    """What ``-march=native`` compiles for: the architecture and the instruction-set extensions of this CPU
+    (the ``flags``/``Features`` line of ``/proc/cpuinfo``; the architecture alone where there is none)."""
+    machine = os.uname().machine
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return machine
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return f"{machine} {' '.join(sorted(value.split()))}"
+    return machine
+
+
 def extension_name() -> str:
-    """The extension's module name; it changes with the source and torch, so a stale build is never loaded."""
-    digest = hashlib.sha256(EXTENSION_SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
-    return f"dien_cpu_recurrence_{digest}"
+    """The extension's module name; it changes with the source, torch and the CPU's instruction set, so a stale
+    build, or one compiled for another CPU (a moved environment would die of SIGILL), is never loaded."""
+    key = b"\0".join([EXTENSION_SOURCE.read_bytes(), torch.__version__.encode(), cpu_signature().encode()])
+    return f"dien_cpu_recurrence_{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 def extension_dir() -> Path:
@@ -73,10 +87,14 @@ def build_extension(verbose: bool = False) -> ModuleType:
                 build_directory=str(directory), verbose=verbose)
 
 
+def extension_path() -> Path:
+    return extension_dir() / f"{extension_name()}.so"
+
+
 @functools.cache
 def _extension() -> ModuleType | None:
     """The built extension, or None: loading never compiles, so a missing build costs nothing at run time."""
-    path = extension_dir() / f"{extension_name()}.so"
+    path = extension_path()
     if not path.exists():
         logger.info("dien CPU extension not built (%s); using the PyTorch time loops", path)
         return None
@@ -245,6 +263,12 @@ def augru(x: Tensor, att: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Build the CPU backend's C++ time loops.")
     parser.add_argument("--build", action="store_true", help="compile the extension into extension_dir()")
-    if parser.parse_args().build:
-        build_extension(verbose=True)
-        print(f"built {extension_dir()}")
+    parser.add_argument("--if-missing", action="store_true",
+                        help="with --build: do nothing when this source, torch and CPU already have a build")
+    args = parser.parse_args()
+    if args.build:
+        if args.if_missing and extension_path().exists():
+            print(f"up to date: {extension_path()}")
+        else:
+            build_extension(verbose=True)
+            print(f"built {extension_dir()}")
