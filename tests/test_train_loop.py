@@ -9,7 +9,7 @@ import torch
 from dien.data.batch import collate
 from dien.data.vocab import OUT_OF_VOCABULARY
 from dien.model import ModelConfig, build_model
-from dien.train.loop import TrainConfig, fit, iterate_batches, predict
+from dien.train.loop import TrainConfig, fit, fit_and_test, iterate_batches, predict
 
 
 def test_early_stopping_restores_the_best_validation_epoch(small_dataset):
@@ -51,3 +51,12 @@ def test_an_unknown_candidate_scores_near_the_base_rate_not_above_known_items(lo
     base_rate = held_back.label.mean().item()
     assert abs(unknown.mean().item() - base_rate) < 0.1
     assert (unknown[:, None] > known[None, :]).float().mean().item() < 0.6
+
+
+def test_fit_and_test_scores_the_test_split_with_the_weights_training_ended_with(small_dataset):
+    torch.manual_seed(0)
+    model = build_model("din", ModelConfig(small_dataset.n_items, small_dataset.n_cats))
+    config = TrainConfig(epochs=2, patience=1)
+    result, test = fit_and_test(model, small_dataset.splits, config)
+    assert [epoch["epoch"] for epoch in result.epochs] == [1, 2] and "valid_auc" in result.epochs[0]
+    assert test == predict(model, iterate_batches(small_dataset.splits["test"], config.eval_batch_size)).metrics()

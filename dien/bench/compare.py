@@ -16,7 +16,7 @@ from dien.data.samples import SampleConfig
 from dien.data.synthetic import SyntheticConfig, generate
 from dien.kernels import resolve_backend
 from dien.model import MODELS, ModelConfig, build_model
-from dien.train.loop import TrainConfig, fit, iterate_batches, predict
+from dien.train.loop import TrainConfig, fit_and_test
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +46,7 @@ def _run_one(dataset: LocalDataset, config: CompareConfig, name: str, seed: int)
     torch.manual_seed(seed)
     model = build_model(name, ModelConfig(dataset.n_items, dataset.n_cats, hidden=config.hidden,
                                           history_sum=config.history_sum))
-    train_config = TrainConfig(**{**asdict(config.train), "seed": seed})
-    valid = dataset.splits["valid"] if train_config.patience is not None else None
-    result = fit(model, dataset.splits["train"], valid, train_config)
-    test = predict(model, iterate_batches(dataset.splits["test"], train_config.eval_batch_size)).metrics()
+    result, test = fit_and_test(model, dataset.splits, TrainConfig(**{**asdict(config.train), "seed": seed}))
     return {**test, "samples_per_second": result.samples_per_second, "train_seconds": result.train_seconds,
             "epochs": len(result.epochs), "best_epoch": result.best_epoch, "seed": seed}
 

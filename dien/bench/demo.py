@@ -141,9 +141,9 @@ def wait_running(app: str, timeout_s: float = 300.0) -> None:
     """Until Serve's REST status API (GET /api/serve/applications/) reports ``app`` RUNNING and its ingress
     answers /healthz; a failed deployment raises with Serve's message."""
     deadline = time.monotonic() + timeout_s
-    status = "not deployed"
+    status, headers = "not deployed", auth_headers()
     while time.monotonic() < deadline:
-        answer = requests.get(f"{DASHBOARD}/api/serve/applications/", headers=auth_headers(), timeout=10)
+        answer = requests.get(f"{DASHBOARD}/api/serve/applications/", headers=headers, timeout=10)
         answer.raise_for_status()
         application = answer.json().get("applications", {}).get(app, {})
         status = application.get("status", "not deployed")

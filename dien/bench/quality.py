@@ -32,7 +32,7 @@ from dien.bench.runs import Agreement, ModelRuns, Ordering, format_table, summar
 from dien.data.dataset_dir import DatasetDir
 from dien.model import MODELS, ModelConfig, build_model
 from dien.train.distributed import ClusterConfig, TrainJob, run_training
-from dien.train.loop import TrainConfig, fit, iterate_batches, predict
+from dien.train.loop import TrainConfig, fit_and_test
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +122,7 @@ def _run_ours(config: QualityConfig, dataset: DatasetDir, name: str, seed: int) 
 def _run_fit(config: QualityConfig, splits: dict, dataset: DatasetDir, seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = build_model("dien", ModelConfig(dataset.n_items, dataset.n_cats))
-    train_config = config.train_config(seed)
-    result = fit(model, splits["train"], splits["valid"], train_config)
-    test = predict(model, iterate_batches(splits["test"], train_config.eval_batch_size)).metrics()
+    result, test = fit_and_test(model, splits, config.train_config(seed))
     best = result.epochs[(result.best_epoch or len(result.epochs)) - 1]
     return {**test, "valid_auc": best["valid_auc"], "samples_per_second": result.samples_per_second,
             "train_seconds": result.train_seconds, "epochs": len(result.epochs), "best_epoch": result.best_epoch,

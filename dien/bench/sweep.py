@@ -24,7 +24,7 @@ from dien.data.local import build_local_dataset
 from dien.data.samples import SampleConfig
 from dien.data.synthetic import SyntheticConfig, generate
 from dien.model import ModelConfig, build_model
-from dien.train.loop import TrainConfig, fit, iterate_batches, predict
+from dien.train.loop import TrainConfig, fit_and_test
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,7 @@ def run_trial(data: str, trial: Trial) -> dict[str, Any]:
     model = build_model(trial.model, ModelConfig(n_items, n_cats, **trial.model_options))
     config = replace(TrainConfig(), **{**trial.train_options, "seed": trial.seed})
     started = time.perf_counter()
-    result = fit(model, splits["train"], splits["valid"], config)
-    test = predict(model, iterate_batches(splits["test"], config.eval_batch_size)).metrics()
+    result, test = fit_and_test(model, splits, config)
     valid = [epoch["valid_auc"] for epoch in result.epochs]
     return {"trial": asdict(trial), "label": trial.label(), "valid_auc_per_epoch": valid,
             "valid_auc": valid[(result.best_epoch or len(valid)) - 1], "best_epoch": result.best_epoch,

@@ -48,6 +48,7 @@ EXTENSION_SOURCE = Path(__file__).with_name("cpu_recurrence.cpp")
 EXTENSION_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-march=native"]
 
 
+@functools.cache
 def cpu_signature() -> str:
     """What ``-march=native`` compiles for: the architecture and the instruction-set extensions of this CPU
     (the ``flags``/``Features`` line of ``/proc/cpuinfo``; the architecture alone where there is none)."""

@@ -5,7 +5,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -225,3 +225,11 @@ def fit(model: CTRModel, train: pa.Table, valid: pa.Table | None, config: TrainC
         best.restore(model)
         result.best_epoch = best.epoch
     return result
+
+
+def fit_and_test(model: CTRModel, splits: Mapping[str, pa.Table], config: TrainConfig,
+                 device: torch.device | str = "cpu") -> tuple[FitResult, dict[str, float]]:
+    """:func:`fit` on ``splits["train"]``, validating on ``splits["valid"]`` every epoch, then the metrics of
+    ``splits["test"]`` scored with the weights training ended with (the best epoch's under early stopping)."""
+    result = fit(model, splits["train"], splits["valid"], config, device)
+    return result, predict(model, iterate_batches(splits["test"], config.eval_batch_size), device).metrics()
