@@ -5,6 +5,7 @@
                          sha256 of every other file, and the sha256 of the manifest itself
       weights.pt         the state dict, loaded with ``torch.load(weights_only=True)`` (no arbitrary pickles)
       vocab/item.parquet, vocab/category.parquet   the vocabularies the model was trained with
+      vocab/item_category.parquet                  the item table: each item id's category id (optional)
 
 ``load_artifact`` verifies every checksum before it builds anything and names the file that fails.
 """
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from dien.data.vocab import Vocabulary
@@ -29,6 +33,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
 VOCAB_FILES = {"item": "vocab/item.parquet", "category": "vocab/category.parquet"}
+ITEM_TABLE = "vocab/item_category.parquet"
 
 
 class ArtifactError(Exception):
@@ -56,6 +61,9 @@ class ModelArtifact:
     """The model in eval mode."""
     items: Vocabulary
     categories: Vocabulary
+    item_categories: np.ndarray | None = None
+    """[len(items)] int32 category id of each item id (0 for the reserved ids and unknown categories); None for
+    an artifact saved without its dataset's item table."""
 
     @property
     def name(self) -> str:
@@ -81,10 +89,13 @@ def save_artifact(
     metrics: dict[str, float] | None = None,
     dataset_sha256: str | None = None,
     extra: dict[str, Any] | None = None,
+    item_categories: np.ndarray | None = None,
 ) -> Path:
     """Write the artifact to ``path`` atomically (a complete directory appears, or nothing changes).
 
-    ``extra`` holds producer-specific facts (e.g. distillation's teacher and lambda).
+    ``extra`` holds producer-specific facts (e.g. distillation's teacher and lambda). ``item_categories``: the
+    dataset's item table ([len(items)] category ids, ``Vocabularies.item_category``), which lets a server fill
+    in and check the categories of the items it scores.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +106,11 @@ def save_artifact(
         items.save(staging / VOCAB_FILES["item"])
         categories.save(staging / VOCAB_FILES["category"])
         files = [WEIGHTS, *VOCAB_FILES.values()]
+        if item_categories is not None:
+            if len(item_categories) != len(items):
+                raise ValueError(f"item_categories has {len(item_categories)} rows for {len(items)} item ids")
+            pq.write_table(pa.table({"category": np.asarray(item_categories, dtype=np.int32)}), staging / ITEM_TABLE)
+            files.append(ITEM_TABLE)
         manifest = {
             "format_version": FORMAT_VERSION,
             "model": {"name": name, "config": config.to_dict()},
@@ -161,4 +177,6 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> Model
         model=model,
         items=Vocabulary.load(path / VOCAB_FILES["item"]),
         categories=Vocabulary.load(path / VOCAB_FILES["category"]),
+        item_categories=(pq.read_table(path / ITEM_TABLE).column("category").to_numpy().astype(np.int32)
+                         if ITEM_TABLE in manifest["files"] else None),
     )

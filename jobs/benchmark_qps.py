@@ -1,7 +1,8 @@
 """Serving throughput: requests/s, candidates/s and latency percentiles of the DIEN Serve application.
 
-    python jobs/benchmark_qps.py                 # embedded Ray: no-op ceiling, student (batching on/off),
-                                                 # teacher, reference kernels (~7-10 min; models made if missing)
+    python jobs/benchmark_qps.py                 # embedded Ray: no-op ceiling, student (Scorer deployment, in
+                                                 # ingress, batching off), teacher, reference kernels, and the
+                                                 # plain uvicorn peers (~15 min; models made if missing)
     python jobs/benchmark_qps.py --quick         # fewer, shorter measurements (~3 min)
     python jobs/benchmark_qps.py --url http://127.0.0.1:8000 --data data/synthetic --candidates 100 \\
         --concurrency 32 --duration 20           # a deployment that is already running
@@ -18,6 +19,7 @@ from dataclasses import replace
 from dien.bench.load import LoadSettings
 from dien.bench.qps import QUICK, Inputs, QpsConfig, run
 from dien.bench.report import format_table, write_outputs
+from dien.bench.workload import FORMS
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[QpsConfig, str]:
@@ -42,6 +44,12 @@ def parse_config(argv: list[str] | None = None) -> tuple[QpsConfig, str]:
     parser.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction,
                         default=defaults.throughput_optimized,
                         help="local mode: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in the embedded Ray")
+    parser.add_argument("--form", choices=FORMS, default=defaults.form,
+                        help="lists of behaviors in the bodies as objects or as compact columns")
+    parser.add_argument("--inline-history", action=argparse.BooleanOptionalAction, default=defaults.inline_history,
+                        help="send each user's history in the body (else the ingress looks it up by user_id)")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=defaults.peers,
+                        help="local mode: also measure the plain uvicorn endpoints (ours, DeepCTR-Torch's DIEN)")
     parser.add_argument("--port", type=int, help="local mode: HTTP port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--out", default=defaults.out, help="directory for results.json, results.md and the plot")
     parser.add_argument("--log-level", default="INFO")
@@ -53,7 +61,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[QpsConfig, str]:
     chosen = {"candidates": args.candidates, "concurrency": args.concurrency, "rates": args.rates,
               "open_fractions": args.open_fractions, "port": args.port, "url": args.url}
     config = replace(config, load=load, serve_config=args.serve_config, out=args.out,
-                     throughput_optimized=args.throughput_optimized,
+                     throughput_optimized=args.throughput_optimized, form=args.form,
+                     inline_history=args.inline_history, peers=args.peers,
                      inputs=replace(config.inputs, data=args.data, student=args.student, teacher=args.teacher),
                      **{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v is not None})
     return config, args.log_level

@@ -17,8 +17,9 @@ from ray.serve.schema import ServeDeploySchema
 from dien.artifacts import save_artifact
 from dien.bench.deploy import NOOP_IMPORT_PATH, Variant, load_config, logical_cpus, variants_config
 from dien.bench.load import LoadResult, LoadSettings, measure
-from dien.bench.qps import (NOOP, REFERENCE, STUDENT, TEACHER, UNBATCHED, Inputs, QpsConfig, QpsReport, Row,
-                            check_goals, run_local, run_url)
+from dien.bench.peers import available as peer_available
+from dien.bench.qps import (IN_INGRESS, NOOP, PER_CORE, PLAIN, PLAIN_PEER, REFERENCE, STUDENT, TEACHER, UNBATCHED,
+                            Inputs, QpsConfig, QpsReport, Row, check_goals, run_local, run_url)
 from dien.bench.report import format_markdown, format_table, write_outputs
 from dien.bench.workload import score_bodies
 from dien.model import ModelConfig, build_model
@@ -197,27 +198,45 @@ def test_variants_change_only_what_they_name():
         variants_config(base, [Variant(STUDENT, "a"), Variant("Student", "b")], "d")
 
 
+def test_the_in_ingress_variant_moves_the_scorer_settings_to_the_ingress():
+    base = load_config(LOCAL_CONFIG)
+    (app,) = variants_config(base, [Variant(IN_INGRESS, "a", user_config={"max_batch_size": 8}, in_ingress=True)],
+                             "d")["applications"]
+    (ingress,) = app["deployments"]
+    assert ingress["name"] == INGRESS and app["args"]["scoring"] == "in_ingress"
+    scorer = next(d for d in base["applications"][0]["deployments"] if d["name"] == SCORER)
+    assert ingress["user_config"] == {**scorer["user_config"], "max_batch_size": 8}
+    assert ingress["ray_actor_options"]["num_cpus"] == scorer["ray_actor_options"]["num_cpus"]
+    ServeDeploySchema.model_validate({**base, "applications": [app]})
+
+
 # ------------------------------------------------------------------------------------------ goal checks
 
-def closed(candidates: int, concurrency: int, rps: float, p99: float) -> LoadResult:
-    return LoadResult(mode="closed", candidates=candidates, concurrency=concurrency, requests_per_s=rps, p99_ms=p99)
+def closed(candidates: int, concurrency: int, rps: float, p99: float = 50.0) -> LoadResult:
+    return LoadResult(mode="closed", candidates=candidates, concurrency=concurrency, requests_per_s=rps,
+                      candidates_per_s=rps * candidates, p99_ms=p99)
 
 
-def test_goals_compare_best_throughputs_and_p99_at_the_same_concurrency():
-    report = QpsReport(config={}, environment={}, rows=[
-        Row(NOOP, closed(1, 8, 200, 60)), Row(NOOP, closed(1, 32, 250, 200)),
-        Row(STUDENT, closed(1, 8, 150, 80)), Row(STUDENT, closed(1, 32, 180, 250)),
-        Row(STUDENT, closed(100, 8, 90, 150)), Row(STUDENT, closed(100, 32, 120, 400)),
-        Row(UNBATCHED, closed(100, 8, 55, 200)), Row(UNBATCHED, closed(100, 32, 58, 900)),
+def test_goals_take_the_better_of_our_two_deployments_and_compare_like_with_like():
+    report = QpsReport(config={}, environment={}, offline={500: 40_000.0}, rows=[
+        Row(NOOP, closed(1, 8, 200)), Row(NOOP, closed(1, 32, 250)),
+        Row(STUDENT, closed(1, 8, 150)), Row(IN_INGRESS, closed(1, 32, 180)),
+        Row(STUDENT, closed(100, 16, 120)), Row(IN_INGRESS, closed(100, 16, 150)), Row(IN_INGRESS, closed(100, 64, 160)),
+        Row(PLAIN_PEER, closed(100, 16, 25)), Row(PLAIN_PEER, closed(100, 64, 40)),
+        Row(UNBATCHED, closed(100, 16, 60)),
+        Row(IN_INGRESS, LoadResult(mode="open", candidates=100, offered_rps=80, requests_per_s=80, p99_ms=90)),
+        Row(STUDENT, closed(500, 16, 30)), Row(IN_INGRESS, closed(500, 16, 45)),
     ])
-    share, batching = check_goals(report, (1, 100))
+    peer, latency, offline, share, batching = check_goals(report, (1, 100, 500))
+    assert peer.met and "15,000 vs 2,500 candidates/s = 6.0x" in peer.measured  # both at 16 in flight
+    assert latency.met and "p99 90 ms at ~80 req/s" in latency.measured  # half of the best 160 req/s
+    assert offline.met and "22,500 vs 40,000 candidates/s offline = 56%" in offline.measured
     assert share.met and "180 vs 250 req/s = 72%" in share.measured
-    assert batching.met and "120 vs 58 req/s = 2.07x" in batching.measured
-    assert "p99 at c=32: 400 vs 900 ms" in batching.measured
-    report.rows[-1] = Row(UNBATCHED, closed(100, 32, 58, 300))  # batching's p99 no lower: missed
-    assert not check_goals(report, (1, 100))[1].met
-    report.rows[-3] = Row(STUDENT, closed(100, 32, 130, 200))
-    assert check_goals(report, (1, 100))[1].met
+    assert batching.met and "120 vs 60 req/s = 2.00x" in batching.measured
+    report.rows[5] = Row(IN_INGRESS, closed(100, 16, 100))
+    assert not check_goals(report, (1, 100, 500))[0].met  # 12,000 (the Scorer deployment) is 4.8x
+    report.offline[500] = 50_000.0
+    assert not check_goals(report, (1, 100, 500))[2].met
 
 
 # ------------------------------------------------------------------------- the whole benchmark, tiny
@@ -246,13 +265,18 @@ def test_the_benchmark_deploys_every_variant_measures_it_and_writes_its_outputs(
 
     assert not (tmp_path / "cache").exists()  # given inputs are used as they are
     seen = {(r.variant, r.result.candidates, r.result.mode) for r in report.rows}
+    peers = {(PLAIN, 3, "closed")} | ({(PLAIN_PEER, 3, "closed")} if peer_available() else set())
     assert seen == {(NOOP, 1, "closed"), (NOOP, 3, "closed"), (STUDENT, 1, "closed"), (STUDENT, 3, "closed"),
-                    (STUDENT, 3, "open"), (UNBATCHED, 3, "closed"), (UNBATCHED, 3, "open"), (TEACHER, 3, "closed"),
-                    (REFERENCE, 3, "closed")}
+                    (STUDENT, 3, "open"), (IN_INGRESS, 1, "closed"), (IN_INGRESS, 3, "closed"),
+                    (IN_INGRESS, 3, "open"), (PER_CORE, 1, "closed"), (PER_CORE, 3, "closed"), (PER_CORE, 3, "open"),
+                    (UNBATCHED, 3, "closed"), (UNBATCHED, 3, "open"),
+                    (TEACHER, 3, "closed"), (REFERENCE, 3, "closed")} | peers
     for row in report.rows:
         assert row.result.requests > 0 and row.result.errors == 0, (row.variant, row.result)
     assert report.models[TEACHER]["hidden"] == 16 and report.models[STUDENT]["hidden"] == 8
-    assert [g.name.split()[0] for g in report.goals] == ["student"]  # only 1 candidate measured of the goals' sizes
+    assert [g.name.split()[0] for g in report.goals] == ["ours"]  # only 1 candidate measured of the goals' sizes
+    assert set(report.offline) == {1, 3} and all(rate > 0 for rate in report.offline.values())
+    assert {"json_parse", "validate", "build_job", "score", "response"} <= set(report.breakdown)
 
     paths = write_outputs(report, config.out)
     saved = json.loads(paths["json"].read_text())

@@ -10,7 +10,7 @@ import torch
 
 from dien import kernels
 from dien.kernels import cpu
-from dien.bench.kernel_cases import forward_backward, make_inputs, run
+from dien.bench.kernel_cases import ALL_OPS, forward_backward, make_inputs, run
 
 
 @pytest.fixture(params=["extension", "pytorch"])
@@ -41,7 +41,7 @@ def test_full_size_matches_reference(op, loops):
 ODD_SIZES = [(5, 63, 7, 13), (1, 1, 3, 2), (33, 17, 36, 108)]
 
 
-@pytest.mark.parametrize("op", ["gru", "augru"])
+@pytest.mark.parametrize("op", ALL_OPS)
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("batch, steps, inputs, hidden", ODD_SIZES)
 def test_odd_sizes_match_reference_in_float64(op, with_h0, batch, steps, inputs, hidden):
@@ -49,7 +49,7 @@ def test_odd_sizes_match_reference_in_float64(op, with_h0, batch, steps, inputs,
     assert_same_results(forward_backward(op, case, "cpu"), forward_backward(op, case, "reference"))
 
 
-@pytest.mark.parametrize("op", ["gru", "augru"])
+@pytest.mark.parametrize("op", ALL_OPS)
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("batch, steps, inputs, hidden", ODD_SIZES)
 def test_odd_sizes_match_reference_in_float32(op, with_h0, batch, steps, inputs, hidden, loops):
@@ -64,7 +64,7 @@ def test_zero_steps_return_the_initial_state(op, loops):
     assert_same_results(forward_backward(op, case, "cpu"), forward_backward(op, case, "reference"))
 
 
-@pytest.mark.parametrize("op", ["gru", "augru"])
+@pytest.mark.parametrize("op", ALL_OPS)
 @pytest.mark.parametrize("used", ["out", "h_last"])
 def test_gradients_when_only_one_output_is_used(op, used, loops):
     """The backward receives None for the unused output (materialize_grads is off)."""
@@ -81,9 +81,13 @@ def test_gradients_when_only_one_output_is_used(op, used, loops):
 
 def test_gradcheck():
     case = make_inputs(3, 5, 2, 3, with_h0=True, dtype=torch.float64, seed=4)
-    args = (case.x, case.att, case.lengths, case.weight_ih, case.weight_hh, case.bias_ih, case.bias_hh, case.h0)
-    assert torch.autograd.gradcheck(cpu.Recurrence.apply, args)
-    assert torch.autograd.gradcheck(cpu.Recurrence.apply, (args[0], None) + args[2:])
+    gi = torch.randn(3, 5, 9, dtype=torch.float64, requires_grad=True)
+    args = (gi, case.att, case.lengths, case.weight_hh, case.bias_hh, case.h0)
+    assert torch.autograd.gradcheck(cpu.ProjectedRecurrence.apply, args)
+    assert torch.autograd.gradcheck(cpu.ProjectedRecurrence.apply, (gi, None) + args[2:])
+    # A time-major gi (what cpu.project returns) is read without a copy.
+    time_major = gi.detach().transpose(0, 1).contiguous().requires_grad_()
+    assert torch.autograd.gradcheck(cpu.ProjectedRecurrence.apply, (time_major.transpose(0, 1),) + args[1:])
 
 
 def test_default_backend_follows_the_device(monkeypatch):
@@ -169,3 +173,30 @@ def test_a_build_for_another_cpu_is_not_loaded(monkeypatch):
     finally:
         monkeypatch.undo()
         cpu._extension.cache_clear()
+
+
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_augru_last_reads_shared_projections_through_rows(with_h0, grad, loops):
+    """Candidates that share a request's history read its projections in place: the same final states (and,
+    with gradients, the same gradients) as gathering them first, on the reference. Without gradients the C++
+    loops run their inference path (rows by length, in blocks; more rows than one block)."""
+    case = make_inputs(9, 11, 6, 13, seed=7)
+    gi = kernels.project(case.x, case.weight_ih, case.bias_ih, backend="reference").detach().requires_grad_(grad)
+    generator = torch.Generator().manual_seed(8)
+    rows = torch.randint(0, 9, (300,), generator=generator)
+    att = torch.rand(300, 11, generator=generator)
+    lengths = torch.randint(0, 12, (300,), generator=generator)
+    h0 = torch.randn(300, 13, generator=generator) if with_h0 else None
+    weights = (case.weight_hh.detach().requires_grad_(grad), case.bias_hh.detach().requires_grad_(grad))
+    results = {}
+    for backend in ("reference", "cpu"):
+        with torch.set_grad_enabled(grad):
+            h_last = kernels.augru_last(gi, att, lengths, *weights, h0=h0, rows=rows, backend=backend)
+        results[backend] = [h_last.detach()]
+        if grad:
+            results[backend] += torch.autograd.grad(h_last.pow(2).sum(), (gi, *weights))
+    for actual, expected in zip(results["cpu"], results["reference"]):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="rows must index"):
+        kernels.augru_last(gi, att, lengths, *weights, rows=rows + 9)

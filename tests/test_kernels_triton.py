@@ -25,7 +25,7 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from dien import kernels  # noqa: E402
 from dien.kernels import triton_recurrence  # noqa: E402
-from dien.bench.kernel_cases import forward_backward, make_inputs, run  # noqa: E402
+from dien.bench.kernel_cases import ALL_OPS, forward_backward, make_inputs, run  # noqa: E402
 
 if DEVICE == "cpu" and not isinstance(triton_recurrence._recurrence_fwd_kernel, InterpretedFunction):
     importlib.reload(triton_recurrence)
@@ -52,7 +52,7 @@ def assert_same_results(actual: dict, expected: dict) -> None:
                                    msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("op", ["gru", "augru"])
+@pytest.mark.parametrize("op", ALL_OPS)
 @pytest.mark.parametrize("hidden", [16, 36])
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_matches_reference(op, hidden, with_h0, poisoned_buffers):

@@ -37,7 +37,7 @@ from dien.serve.history import UserHistoryStore
 from dien.serve.ingress import BATCH_SIZE_HEADER, INGRESS, current_request_id
 from dien.bench.redeploy_check import LoadProbe, config_with_model, wait_for_version
 from dien.serve.scorer import SCORER
-from dien.serve.scoring import ScoreJob, TokenIndex, score_jobs
+from dien.serve.scoring import ModelVocabulary, ScoreJob, score_jobs
 from dien.train.evaluate import id_translation
 
 SERVE_CONFIGS = Path(__file__).resolve().parents[1] / "serve_configs"
@@ -50,16 +50,19 @@ LIMITS = RequestLimits(max_candidates=40, max_history=60, max_id_chars=32, max_b
 # ---------------------------------------------------------------------------------------------- fixtures
 
 def make_artifact(path: Path, dataset: DatasetDir, seed: int, reverse_vocab: bool = False) -> Path:
-    """A small untrained DIEN on the dataset's vocabularies (reversed: ids differ from the dataset's)."""
+    """A small untrained DIEN on the dataset's vocabularies with its item table; reversed: ids differ from the
+    dataset's, and no item table (an artifact of an older version: clients must send categories)."""
     vocab = dataset.vocabularies()
     items, cats = vocab.item, vocab.category
+    item_categories = None if reverse_vocab else vocab.item_category
     if reverse_vocab:
         items, cats = (Vocabulary(v.tokens.take(pa.array(np.arange(len(v.tokens))[::-1])), v.counts[::-1])
                        for v in (items, cats))
     torch.manual_seed(seed)
     config = ModelConfig(len(items), len(cats), hidden=8, mlp_dims=(16, 8), aux_dims=(8,))
     model = build_model("dien", config).eval()
-    return save_artifact(path, model, "dien", config, items, cats, max_len=MAX_LEN, metrics={"auc": 0.5 + seed / 10})
+    return save_artifact(path, model, "dien", config, items, cats, max_len=MAX_LEN, metrics={"auc": 0.5 + seed / 10},
+                         item_categories=item_categories)
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +89,18 @@ class Offline:
     def version(self) -> str:
         return self.artifact.manifest["version"]
 
+    def encode(self, behaviors: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Item and category ids of behaviors; the item table's category wins where it knows the item."""
+        items = self.artifact.items.encode(pa.array([b["item_id"] for b in behaviors], pa.string())).astype(np.int64)
+        cats = self.artifact.categories.encode(pa.array([b.get("category") for b in behaviors], pa.string()))
+        table = self.artifact.item_categories
+        if table is not None:
+            cats = np.where(table[items] > 1, table[items], cats)
+        return items, cats.astype(np.int64)
+
     def history(self, body: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         if "history" in body:
-            return tuple(vocabulary.encode(pa.array([b[key] for b in body["history"]], pa.string())).astype(np.int64)
-                         for vocabulary, key in ((self.artifact.items, "item_id"),
-                                                 (self.artifact.categories, "category")))
+            return self.encode(body["history"])
         stored = self.stored.get(body["user_id"], (np.zeros(0, np.int64), np.zeros(0, np.int64)))
         return tuple(ids.astype(np.int64) if table is None else table[ids].numpy()
                      for ids, table in zip(stored, self.translate))
@@ -104,8 +114,7 @@ class Offline:
             return torch.from_numpy(np.tile(ids.reshape(1, -1), (n, 1)))
 
         hist_item, hist_cat = column(items), column(cats)
-        target = [self.artifact.items.encode(pa.array([c["item_id"] for c in body["candidates"]])),
-                  self.artifact.categories.encode(pa.array([c["category"] for c in body["candidates"]]))]
+        target = self.encode(body["candidates"])
         batch = Batch(user=torch.zeros(n, dtype=torch.int64), hist_item=hist_item, hist_cat=hist_cat,
                       neg_hist_item=torch.zeros_like(hist_item), neg_hist_cat=torch.zeros_like(hist_cat),
                       lengths=torch.full((n,), length, dtype=torch.int64),
@@ -243,12 +252,69 @@ def jobs_for(bodies: list[dict[str, Any]], store: UserHistoryStore) -> list[Scor
     jobs = []
     for body in bodies:
         if "history" in body:
-            history = ([b["item_id"] for b in body["history"]], [b["category"] for b in body["history"]])
+            history = ([b["item_id"] for b in body["history"]], [b.get("category") for b in body["history"]])
         else:
             history = store.lookup(body["user_id"]) or ([], [])
-        jobs.append(ScoreJob([c["item_id"] for c in body["candidates"]], [c["category"] for c in body["candidates"]],
-                             *history))
+        jobs.append(ScoreJob([c["item_id"] for c in body["candidates"]],
+                             [c.get("category") for c in body["candidates"]], *history,
+                             history_from_request="history" in body))
     return jobs
+
+
+def vocabulary_of(artifact) -> ModelVocabulary:
+    return ModelVocabulary(artifact.items, artifact.categories, artifact.item_categories)
+
+
+def test_requests_with_the_same_history_share_one_encoding(prepared_dataset, offline, catalog):
+    oracle = offline["a"]
+    users = list(oracle.stored)[:2]
+    bodies = [{"user_id": users[0], "candidates": catalog[:4]}, {"user_id": users[1], "candidates": catalog[4:9]},
+              {"user_id": users[0], "candidates": catalog[9:12]}, {"history": catalog[10:20], "candidates": catalog[:2]},
+              {"history": catalog[10:20], "candidates": catalog[2:5]}]
+    jobs = jobs_for(bodies, UserHistoryStore.load(prepared_dataset.path))
+    artifact, vocabulary = oracle.artifact, vocabulary_of(oracle.artifact)
+    together = score_jobs(artifact.model, vocabulary, artifact.max_len, jobs)
+    assert together.distinct_histories == 3
+    for job, got, body in zip(jobs, together.scores, bodies):
+        alone = score_jobs(artifact.model, vocabulary, artifact.max_len, [job])
+        np.testing.assert_allclose(got, alone.scores[0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got, oracle.score(body)[0], rtol=0, atol=1e-5)
+
+
+def test_the_item_table_fills_and_corrects_categories(offline, catalog):
+    artifact = offline["a"].artifact
+    vocabulary = vocabulary_of(artifact)
+    right = catalog[:6]
+    other = {c["category"] for c in right}
+    wrong = [{**c, "category": next(x["category"] for x in catalog[:-2] if x["category"] != c["category"])}
+             if i % 2 else c for i, c in enumerate(right)]
+    assert len(other) > 1
+
+    def job(candidates: list[dict[str, Any]], history: list[dict[str, Any]]) -> ScoreJob:
+        return ScoreJob([c["item_id"] for c in candidates], [c.get("category") for c in candidates],
+                        [h["item_id"] for h in history], [h.get("category") for h in history])
+
+    history = catalog[20:30]
+    no_categories = [{"item_id": c["item_id"]} for c in right]
+    jobs = [job(right, history), job(no_categories, [{"item_id": h["item_id"]} for h in history]),
+            job(wrong, history)]
+    scored = score_jobs(artifact.model, vocabulary, artifact.max_len, jobs)
+    for scores in scored.scores[1:]:
+        np.testing.assert_allclose(scores, scored.scores[0], rtol=0, atol=1e-6)
+    assert [c.tolist() for c in scored.corrected_categories] == [[], [], [1, 3, 5]]
+    assert scored.errors == [[], [], []]
+
+    rejected = score_jobs(artifact.model, vocabulary, artifact.max_len, jobs, category_conflict="reject")
+    assert rejected.errors[:2] == [[], []]
+    assert [e["field"] for e in rejected.errors[2]] == ["candidates[1].category", "candidates[3].category",
+                                                         "candidates[5].category"]
+    assert "item table" in rejected.errors[2][0]["message"]
+
+    no_table = ModelVocabulary(artifact.items, artifact.categories, None)
+    missing = score_jobs(artifact.model, no_table, artifact.max_len, [jobs[1]])
+    assert [e["field"] for e in missing.errors[0]][:2] == ["candidates[0].category", "candidates[1].category"]
+    assert "history[0].category" in [e["field"] for e in missing.errors[0]]
+    assert "no item table" in missing.errors[0][0]["message"]
 
 
 def test_batch_scoring_matches_the_offline_model_per_request(prepared_dataset, offline, catalog):
@@ -260,10 +326,10 @@ def test_batch_scoring_matches_the_offline_model_per_request(prepared_dataset, o
               {"history": catalog[10:50], "candidates": catalog[:3]}]  # 40 behaviors > MAX_LEN: truncated
     jobs = jobs_for(bodies, UserHistoryStore.load(prepared_dataset.path))
     artifact = oracle.artifact
-    indexes = (TokenIndex(artifact.items), TokenIndex(artifact.categories))
-    scored = score_jobs(artifact.model, *indexes, artifact.max_len, jobs)
+    vocabulary = vocabulary_of(artifact)
+    scored = score_jobs(artifact.model, vocabulary, artifact.max_len, jobs)
     scores, lengths = scored.scores, scored.history_lengths
-    chunked = score_jobs(artifact.model, *indexes, artifact.max_len, jobs, max_chunk_candidates=3).scores
+    chunked = score_jobs(artifact.model, vocabulary, artifact.max_len, jobs, max_chunk_candidates=3).scores
     for body, got, got_chunked, length in zip(bodies, scores, chunked, lengths):
         expected, expected_length = oracle.score(body)
         assert length == expected_length
@@ -373,8 +439,19 @@ INVALID = {
     "too many candidates": (dict(json=body(candidates=[VALID] * (LIMITS.max_candidates + 1))), 422, "candidates"),
     "candidates a negative number": (dict(json=body(candidates=-1)), 422, "candidates"),
     "candidates null": (dict(json=body(candidates=None)), 422, "candidates"),
-    "candidate without category": (dict(json=body(candidates=[VALID, {"item_id": "i2"}])), 422,
-                                   "candidates[1].category"),
+    "candidate category a number": (dict(json=body(candidates=[VALID, {"item_id": "i2", "category": 3}])), 422,
+                                    "candidates[1].category"),
+    "columns of different lengths": (dict(json=body(candidates={"item_id": ["i1", "i2"], "category": ["c1"]})), 422,
+                                     "candidates"),
+    "columns without item_id": (dict(json=body(candidates={"category": ["c1"]})), 422, "candidates.item_id"),
+    "columns empty": (dict(json=body(candidates={"item_id": []})), 422, "candidates.item_id"),
+    "too many candidates as columns": (dict(json=body(candidates={"item_id": ["i1"] * (LIMITS.max_candidates + 1)})),
+                                       422, "candidates.item_id"),
+    "column item_id a number": (dict(json=body(candidates={"item_id": ["i1", 7]})), 422, "candidates.item_id[1]"),
+    "columns with an unknown field": (dict(json=body(candidates={"item_id": ["i1"], "cat": ["c1"]})), 422,
+                                      "candidates.cat"),
+    "history columns too long": (dict(json=body(history={"item_id": ["i1"] * (LIMITS.max_history + 1)})), 422,
+                                 "history.item_id"),
     "item_id a number": (dict(json=body(candidates=[{"item_id": 7, "category": "c1"}])), 422,
                          "candidates[0].item_id"),
     "item_id NaN": (dict(data=b'{"user_id": "u1", "candidates": [{"item_id": NaN, "category": "c1"}]}',
@@ -407,6 +484,39 @@ def test_invalid_request_gets_a_4xx_naming_the_field(server, case):
     assert answer["error"].startswith(field) or f"; {field}:" in answer["error"]
 
 
+def columns(behaviors: list[dict[str, str]], categories: bool = True) -> dict[str, list[str]]:
+    return {"item_id": [b["item_id"] for b in behaviors],
+            **({"category": [b["category"] for b in behaviors]} if categories else {})}
+
+
+def test_the_compact_form_scores_like_the_object_form(server, offline, catalog):
+    user = list(offline["a"].stored)[4]
+    objects = {"user_id": user, "history": catalog[30:40], "candidates": catalog[:12] + catalog[-2:]}
+    expected = server.post(objects)
+    assert_scored(expected, objects, offline["a"])
+    compact = {**objects, "history": columns(objects["history"]), "candidates": columns(objects["candidates"])}
+    answer = server.post(compact)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["scores"] == expected.json()["scores"]
+    assert answer.json()["unknown_candidates"] == expected.json()["unknown_candidates"] == [12]
+    # Known items need no category: the item table gives it.
+    bare = server.post({**objects, "candidates": columns(objects["candidates"][:12], categories=False)})
+    assert bare.status_code == 200, bare.text
+    assert bare.json()["scores"] == expected.json()["scores"][:12]
+
+
+def test_categories_come_from_the_item_table(server, offline, catalog):
+    user = list(offline["a"].stored)[6]
+    right = {"user_id": user, "candidates": catalog[:6]}
+    wrong = {"user_id": user, "candidates": [{**c, "category": catalog[7]["category"]} for c in catalog[:6]]}
+    bare = {"user_id": user, "candidates": [{"item_id": c["item_id"]} for c in catalog[:6]]}
+    answers = [server.post(b).json() for b in (right, wrong, bare)]
+    assert answers[0]["scores"] == answers[1]["scores"] == answers[2]["scores"]
+    corrected = [i for i, c in enumerate(catalog[:6]) if c["category"] != catalog[7]["category"]]
+    assert answers[1]["corrected_categories"] == corrected and corrected
+    assert answers[0]["corrected_categories"] == answers[2]["corrected_categories"] == []
+
+
 def test_keeps_serving_after_invalid_requests(server, offline, catalog):
     body = {"user_id": list(offline["a"].stored)[0], "candidates": catalog[:4]}
     assert_scored(server.post(body), body, offline["a"])
@@ -419,13 +529,45 @@ def test_health_model_and_docs_endpoints(server, offline):
     model = server.get("/v1/model").json()
     manifest = offline["a"].artifact.manifest
     assert model["name"] == "dien" and model["version"] == manifest["version"]
-    assert model["hidden"] == 8 and model["max_len"] == MAX_LEN
+    assert model["hidden"] == 8 and model["max_len"] == MAX_LEN and model["item_table"]
     assert model["vocab_sizes"] == manifest["vocab_sizes"] and model["metrics"] == manifest["metrics"]
     assert server.get("/docs").status_code == 200
     schema = server.get("/openapi.json").json()
     assert "/v1/score" in schema["paths"]
-    assert schema["components"]["schemas"]["ScoreRequest"]["properties"]["candidates"]["maxItems"] == \
+    schemas = schema["components"]["schemas"]
+    objects, _ = schemas["ScoreRequest"]["properties"]["candidates"]["oneOf"]
+    assert objects["maxItems"] == schemas["CandidateColumns"]["properties"]["item_id"]["maxItems"] == \
         LIMITS.max_candidates
+
+
+def in_ingress_app(model: Path, history: Path, name: str, **args: Any) -> dict[str, Any]:
+    """serve_configs/local.yaml's application scoring inside the Ingress (no Scorer deployment), under ``/name``."""
+    app = local_config(model, history).model_dump(mode="json", exclude_unset=True)["applications"][0]
+    scorer = next(d for d in app["deployments"] if d["name"] == SCORER)
+    ingress = next(d for d in app["deployments"] if d["name"] == INGRESS)
+    ingress.update(user_config={**scorer["user_config"], **BATCHING}, ray_actor_options={"num_cpus": 0.5})
+    app.update(name=name, route_prefix=f"/{name}", deployments=[ingress])
+    app["args"].update(scoring="in_ingress", **args)
+    return app
+
+
+def test_scoring_in_the_ingress_gives_the_same_scores_and_rejects_contradicting_categories(
+        server, offline, catalog, artifacts, prepared_dataset):
+    main = local_config(artifacts["a"], prepared_dataset.path, **BATCHING).model_dump(mode="json", exclude_unset=True)
+    inside = in_ingress_app(artifacts["a"], prepared_dataset.path, "inside", category_conflict="reject")
+    server.deploy(ServeDeploySchema.model_validate({**main, "applications": [*main["applications"], inside]}))
+    url = f"{server.url}/inside"
+    assert requests.get(f"{url}/healthz", timeout=60).json()["status"] == "ok"
+    assert requests.get(f"{url}/v1/model", timeout=60).json()["serving"]["category_conflict"] == "reject"
+    user = list(offline["a"].stored)[9]
+    body = {"user_id": user, "candidates": catalog[:15]}
+    assert_scored(requests.post(f"{url}/v1/score", json=body, timeout=60), body, offline["a"])
+    wrong = {"user_id": user, "candidates": [catalog[0], {**catalog[1], "category": catalog[0]["category"]}]}
+    assert catalog[0]["category"] != catalog[1]["category"]
+    rejected = requests.post(f"{url}/v1/score", json=wrong, timeout=60)
+    assert rejected.status_code == 422, rejected.text
+    assert [p["field"] for p in rejected.json()["detail"]] == ["candidates[1].category"]
+    assert "item table" in rejected.json()["error"]
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float = 60.0) -> None:

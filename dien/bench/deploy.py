@@ -40,6 +40,10 @@ class Variant:
     """Scorer ``user_config`` fields that replace the config file's."""
     scorer_env: dict[str, str] = field(default_factory=dict)
     """Environment variables of the scorer replicas (``runtime_env.env_vars``)."""
+    in_ingress: bool = False
+    """``scoring: in_ingress``: no Scorer deployment; the Ingress takes the Scorer's CPUs and ``user_config``."""
+    replicas: int | None = None
+    """Replicas of the scoring deployment (the Scorer, or the Ingress with ``in_ingress``); None: the file's."""
 
     @property
     def is_noop(self) -> bool:
@@ -84,6 +88,16 @@ def variant_app(base: dict[str, Any], variant: Variant, history: str | Path) -> 
     batch = scorer["user_config"].get("max_batch_size")
     if batch is not None and scorer.get("max_ongoing_requests", batch) < batch:
         scorer["max_ongoing_requests"] = batch  # Serve warns otherwise, and a batch could never fill
+    if variant.in_ingress:
+        ingress = _deployment(app, INGRESS)
+        ingress["user_config"] = scorer["user_config"]
+        ingress["ray_actor_options"] = {**ingress.get("ray_actor_options", {}),
+                                        "num_cpus": scorer.get("ray_actor_options", {}).get("num_cpus", 1)}
+        app["args"]["scoring"] = "in_ingress"
+        app["deployments"] = [ingress]
+        scorer = ingress
+    if variant.replicas is not None:
+        scorer["num_replicas"] = variant.replicas
     if variant.scorer_env:
         options = scorer.setdefault("ray_actor_options", {})
         runtime_env = options.setdefault("runtime_env", {})

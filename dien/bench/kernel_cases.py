@@ -11,6 +11,10 @@ from torch import Tensor
 from dien.kernels import dispatch
 
 OPS = ("gru", "augru")
+"""The recurrences the benchmark times."""
+ALL_OPS = OPS + ("gru_projected", "augru_projected")
+"""What the tests compare across backends: ``*_projected`` run :func:`dien.kernels.project` first, so their
+gradients reach ``x``, ``weight_ih`` and ``bias_ih`` through it."""
 
 
 @dataclass
@@ -86,7 +90,13 @@ def run(op: str, case: RecurrenceInputs, backend: str | None) -> tuple[Tensor, T
         return dispatch.gru(case.x, case.lengths, *weights, h0=case.h0, backend=backend)
     if op == "augru":
         return dispatch.augru(case.x, case.att, case.lengths, *weights, h0=case.h0, backend=backend)
-    raise ValueError(f"unknown recurrence {op!r}; choose one of {', '.join(OPS)}")
+    if op in ("gru_projected", "augru_projected"):
+        gi = dispatch.project(case.x, case.weight_ih, case.bias_ih, backend=backend)
+        if op == "gru_projected":
+            return dispatch.gru_projected(gi, case.lengths, case.weight_hh, case.bias_hh, h0=case.h0, backend=backend)
+        return dispatch.augru_projected(gi, case.att, case.lengths, case.weight_hh, case.bias_hh, h0=case.h0,
+                                        backend=backend)
+    raise ValueError(f"unknown recurrence {op!r}; choose one of {', '.join(ALL_OPS)}")
 
 
 def forward_backward(op: str, case: RecurrenceInputs, backend: str | None) -> dict[str, Tensor]:

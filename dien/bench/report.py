@@ -8,7 +8,8 @@ from pathlib import Path
 from dien.bench.load import LoadResult
 from dien.bench.qps import QpsReport
 
-COLUMNS = ("variant", "cand", "load", "req/s", "cand/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors")
+COLUMNS = ("variant", "cand", "load", "req/s", "cand/s", "of offline", "p50 ms", "p90 ms", "p99 ms", "max ms",
+           "errors")
 
 
 def _load(result: LoadResult) -> str:
@@ -30,9 +31,43 @@ def table_rows(report: QpsReport) -> list[tuple[str, ...]]:
     rows = []
     for row in _grouped(report):
         r = row.result
+        offline = report.offline.get(r.candidates)
+        share = f"{r.candidates_per_s / offline:.0%}" if offline else "-"
         rows.append((row.variant, str(r.candidates), _load(r), f"{r.requests_per_s:.1f}", f"{r.candidates_per_s:.0f}",
-                     _ms(r.p50_ms), _ms(r.p90_ms), _ms(r.p99_ms), _ms(r.max_ms), str(r.errors)))
+                     share, _ms(r.p50_ms), _ms(r.p90_ms), _ms(r.p99_ms), _ms(r.max_ms), str(r.errors)))
     return rows
+
+
+def ratio_rows(report: QpsReport) -> list[tuple[str, ...]]:
+    """Per request size: each variant's best closed-loop candidates/s and its ratio to every peer's."""
+    from dien.bench.qps import PLAIN, PLAIN_PEER
+
+    rows = []
+    for candidates in sorted({r.result.candidates for r in report.rows}):
+        peers = {name: report.best(name, candidates) for name in (PLAIN, PLAIN_PEER)}
+        for variant in dict.fromkeys(r.variant for r in report.rows):
+            best = report.best(variant, candidates)
+            if best is None:
+                continue
+            ratios = [f"{best.candidates_per_s / p.candidates_per_s:.2f}x" if p and p.candidates_per_s else "-"
+                      for p in peers.values()]
+            rows.append((str(candidates), variant, f"{best.candidates_per_s:.0f}", f"c={best.concurrency}", *ratios))
+    return rows
+
+
+RATIO_COLUMNS = ("cand", "variant", "best cand/s", "at", "vs student, uvicorn", "vs DeepCTR-Torch, uvicorn")
+
+
+def context_lines(report: QpsReport) -> list[str]:
+    """The compute limit and the in-process request path, as text lines."""
+    lines = []
+    if report.offline:
+        lines.append("offline scoring (one thread, no HTTP), candidates/s: "
+                     + ", ".join(f"{n} cand {rate:,.0f}" for n, rate in sorted(report.offline.items())))
+    if report.breakdown:
+        lines.append("request path in-process, ms per request: "
+                     + ", ".join(f"{step} {ms:.3f}" for step, ms in report.breakdown.items()))
+    return lines
 
 
 def format_table(report: QpsReport) -> str:
@@ -41,6 +76,10 @@ def format_table(report: QpsReport) -> str:
     lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    ratios = [RATIO_COLUMNS, *ratio_rows(report)]
+    ratio_widths = [max(len(row[i]) for row in ratios) for i in range(len(RATIO_COLUMNS))]
+    lines += [""] + ["  ".join(cell.ljust(w) for cell, w in zip(row, ratio_widths)) for row in ratios]
+    lines += [""] + context_lines(report)
     lines += [""] + [f"goal {'MET' if g.met else 'MISSED'}: {g.name}: {g.measured}" for g in report.goals]
     return "\n".join(lines)
 
@@ -57,6 +96,9 @@ def format_markdown(report: QpsReport) -> str:
                   ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+    lines += ["", "| " + " | ".join(RATIO_COLUMNS) + " |", "|" + "|".join("---" for _ in RATIO_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in ratio_rows(report)]
+    lines += [""] + [f"- {line}" for line in context_lines(report)]
     if report.goals:
         lines += ["", "| goal | met | measured |", "|---|---|---|"]
         lines += [f"| {g.name} | {'yes' if g.met else 'no'} | {g.measured} |" for g in report.goals]

@@ -22,7 +22,7 @@ def candidates_per_second(model: CTRModel, batch: Batch, candidates_per_request:
 
     def run() -> None:
         history = model.encode_history(batch.hist_item, batch.hist_cat, batch.lengths)
-        torch.sigmoid(model.score(history.select(request_of), items, cats))
+        torch.sigmoid(model.score(history.select(request_of, model.score_reads), items, cats))
 
     run()
     best = float("inf")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,15 +31,27 @@ class Workload:
         return float(np.mean([len(b) for b in self.bodies]))
 
 
+FORMS = ("objects", "columns")
+
+
+def _behaviors(items: list[str], categories: list[str], form: str) -> Any:
+    if form == "columns":
+        return {"item_id": items, "category": categories}
+    return [{"item_id": item, "category": category} for item, category in zip(items, categories)]
+
+
 def score_bodies(data: str | Path, candidates: int, requests: int = 512, inline_history: bool = False,
-                 seed: int = 0) -> Workload:
+                 seed: int = 0, form: str = "objects") -> Workload:
     """``requests`` distinct score bodies with ``candidates`` candidates each, from the dataset at ``data``.
 
     inline_history: send each user's stored history in the body (``history``) instead of letting the
-    ingress look it up; bodies grow by about 40 bytes per behavior.
+    ingress look it up; bodies grow by about 40 bytes per behavior. form: lists of behaviors as ``objects``
+    (``[{"item_id", "category"}, ...]``) or ``columns`` (``{"item_id": [...], "category": [...]}``).
     """
     if candidates < 1:
         raise ValueError(f"candidates must be at least 1, got {candidates}")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
     dataset = DatasetDir(data)
     vocab = dataset.vocabularies()
     histories = dataset.user_history()
@@ -58,11 +71,9 @@ def score_bodies(data: str | Path, candidates: int, requests: int = 512, inline_
     for n, user in enumerate(user_ids):
         # Distinct candidates where the vocabulary allows: a ranking request never repeats an item.
         picked = rng.choice(len(items), size=candidates, replace=len(items) < candidates, p=popularity)
-        body = {"user_id": user,
-                "candidates": [{"item_id": items[i], "category": categories[i]} for i in picked]}
+        body = {"user_id": user, "candidates": _behaviors(items[picked].tolist(), categories[picked].tolist(), form)}
         if inline_history:
-            body["history"] = [{"item_id": item, "category": cat} for item, cat in
-                               zip(vocab.item.lookup(np.asarray(hist_items[n])),
-                                   vocab.category.lookup(np.asarray(hist_cats[n])))]
+            body["history"] = _behaviors(vocab.item.lookup(np.asarray(hist_items[n])),
+                                         vocab.category.lookup(np.asarray(hist_cats[n])), form)
         bodies.append(json.dumps(body, separators=(",", ":")).encode())
     return Workload(bodies=tuple(bodies), candidates=candidates)

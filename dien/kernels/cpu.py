@@ -5,7 +5,9 @@ three recurrent gates and the fused gate math, which saves r, z, n and ``W_hn h 
 Every row runs all T steps: sequences are left-aligned, so the steps after a row's length change neither its
 outputs (masked afterwards) nor its last state (gathered at its length), and the loop needs no masking.
 Backward: a reverse-time loop, one GEMM a step (``dh_{t-1} = dh_t (1 - u_t) + dG_t W_hh``) plus the gate
-derivatives from the saved gates; the weight gradients are then one matmul each over all ``T * B`` rows.
+derivatives from the saved gates; the weight gradients are then one matmul each over all ``T * B`` rows. The
+Function starts at the input projections (``*_projected``: a server computes them once per request and shares
+them across candidates); ``gru``/``augru`` put the projection's matmul in front, and autograd differentiates it.
 
 The two time loops run in a C++ extension (``cpu_recurrence.cpp``: the gate math fused into one pass, rows split
 across the intra-op threads) when ``make setup`` has built it (``python -m dien.kernels.cpu --build``), and as
@@ -190,36 +192,37 @@ def _backward_loop(gates: Tensor, states: Tensor, att: Tensor | None, injected: 
     return grad_gh.view(steps, batch, 3 * hidden), dstate * d_n, grad_att, grad_h0
 
 
-class Recurrence(torch.autograd.Function):
-    """``(out [B, T, H], h_last [B, H])`` of the GRU (``att`` None) or the AUGRU, see module docstring.
+class ProjectedRecurrence(torch.autograd.Function):
+    """``(out [B, T, H], h_last [B, H])`` of the GRU (``att`` None) or the AUGRU from the input projections
+    ``gi = x W_ih^T + b_ih`` [B, T, 3H], see module docstring.
 
-    Internally time-major ([T, B, ...]) so that every step reads and writes contiguous [B, ...] blocks.
+    Internally time-major ([T, B, ...]) so that every step reads and writes contiguous [B, ...] blocks; a ``gi``
+    that is the transpose of a time-major tensor (what :func:`project` returns) is used without a copy.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, att: Tensor | None, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor,
-                bias_ih: Tensor, bias_hh: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
-        batch, steps, inputs = x.shape
+    def forward(ctx, gi: Tensor, att: Tensor | None, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                h0: Tensor | None) -> tuple[Tensor, Tensor]:
+        batch, steps, _ = gi.shape
         hidden = weight_hh.shape[1]
-        lengths = lengths.to(x.device)
-        x_steps = x.transpose(0, 1).reshape(steps * batch, inputs)
-        gi = torch.addmm(bias_ih, x_steps, weight_ih.t()).view(steps, batch, 3 * hidden)
+        lengths = lengths.to(gi.device)
+        gi_steps = gi.transpose(0, 1).contiguous()
         att_steps = None if att is None else att.t().contiguous()
-        h_init = x.new_zeros(batch, hidden) if h0 is None else h0.contiguous()
+        h_init = gi.new_zeros(batch, hidden) if h0 is None else h0.contiguous()
         weight_hh = weight_hh.contiguous()
-        states, gates = _forward_loop(gi, att_steps, h_init, weight_hh, bias_hh.contiguous())
+        states, gates = _forward_loop(gi_steps, att_steps, h_init, weight_hh, bias_hh.contiguous())
 
-        valid = torch.arange(steps, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)  # [T, B]
+        valid = torch.arange(steps, device=gi.device).unsqueeze(1) < lengths.unsqueeze(0)  # [T, B]
         out = torch.where(valid.t().unsqueeze(2), states[1:].transpose(0, 1), 0).contiguous()
-        h_last = states[lengths, torch.arange(batch, device=x.device)]
+        h_last = states[lengths, torch.arange(batch, device=gi.device)]
         ctx.set_materialize_grads(False)
         ctx.has_h0 = h0 is not None
-        ctx.save_for_backward(x_steps, att_steps, lengths, valid, weight_ih, weight_hh, gates, states)
+        ctx.save_for_backward(att_steps, lengths, valid, weight_hh, gates, states)
         return out, h_last
 
     @staticmethod
     def backward(ctx, grad_out: Tensor | None, grad_h_last: Tensor | None):
-        x_steps, att_steps, lengths, valid, weight_ih, weight_hh, gates, states = ctx.saved_tensors
+        att_steps, lengths, valid, weight_hh, gates, states = ctx.saved_tensors
         steps, batch, hidden = states.shape[0] - 1, states.shape[1], states.shape[2]
         needs = ctx.needs_input_grad
         # The outputs reach each state through out at valid steps and through h_last at the row's last valid
@@ -235,30 +238,69 @@ class Recurrence(torch.autograd.Function):
         grad_gh, grad_gi_n, grad_att, grad_h0 = _backward_loop(gates, states, att_steps, injected, weight_hh)
 
         flat = grad_gh.view(steps * batch, 3 * hidden)
-        grad_weight_hh = flat.t() @ states[:-1].reshape(steps * batch, hidden) if needs[4] else None
-        grad_bias_hh = flat.sum(0) if needs[6] else None
+        grad_weight_hh = flat.t() @ states[:-1].reshape(steps * batch, hidden) if needs[3] else None
+        grad_bias_hh = flat.sum(0) if needs[4] else None
         grad_gh.view(steps, batch, 3, hidden)[:, :, 2] = grad_gi_n  # now the input projections' gradient
-        grad_weight_ih = flat.t() @ x_steps if needs[3] else None
-        grad_bias_ih = flat.sum(0) if needs[5] else None
-        grad_x = (flat @ weight_ih).view(steps, batch, x_steps.shape[1]).transpose(0, 1) if needs[0] else None
+        grad_gi = grad_gh.transpose(0, 1) if needs[0] else None
         grad_att = grad_att.t() if grad_att is not None and needs[1] else None
-        if not (ctx.has_h0 and needs[7]):
+        if not (ctx.has_h0 and needs[5]):
             grad_h0 = None
         elif grad_h_last is not None:
             grad_h0 = grad_h0 + grad_h_last * (lengths == 0).unsqueeze(1)
-        return grad_x, grad_att, None, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_h0
+        return grad_gi, grad_att, None, grad_weight_hh, grad_bias_hh, grad_h0
+
+
+def project(x: Tensor, weight_ih: Tensor, bias_ih: Tensor) -> Tensor:
+    """The input projections ``x W_ih^T + b_ih`` of all steps, [B, T, 3H], as a view of a time-major tensor:
+    one matmul, and :class:`ProjectedRecurrence` reads it without a copy."""
+    batch, steps, inputs = x.shape
+    x_steps = x.transpose(0, 1).reshape(steps * batch, inputs)
+    return torch.addmm(bias_ih, x_steps, weight_ih.t()).view(steps, batch, weight_ih.shape[0]).transpose(0, 1)
 
 
 def gru(x: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor,
         h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """GRU over left-aligned sequences; shapes as :func:`dien.kernels.reference.recurrence`."""
-    return Recurrence.apply(x, None, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    return ProjectedRecurrence.apply(project(x, weight_ih, bias_ih), None, lengths, weight_hh, bias_hh, h0)
 
 
 def augru(x: Tensor, att: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
           bias_hh: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """AUGRU (paper Eq. 11-12); ``att`` [B, T]."""
-    return Recurrence.apply(x, att, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    return ProjectedRecurrence.apply(project(x, weight_ih, bias_ih), att, lengths, weight_hh, bias_hh, h0)
+
+
+def gru_projected(gi: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                  h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """GRU from input projections gi [B, T, 3H] (e.g. from :func:`project`, or computed once and shared)."""
+    return ProjectedRecurrence.apply(gi, None, lengths, weight_hh, bias_hh, h0)
+
+
+def augru_projected(gi: Tensor, att: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                    h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """AUGRU from input projections gi [B, T, 3H]; ``att`` [B, T]."""
+    return ProjectedRecurrence.apply(gi, att, lengths, weight_hh, bias_hh, h0)
+
+
+def augru_last(gi: Tensor, att: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+               h0: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+    """The AUGRU's final states h_last [B, H] from input projections gi [R, T, 3H]; row b reads gi[rows[b]]
+    (``rows`` None: R = B, row b reads gi[b]). att [B, T], lengths [B].
+
+    Without gradients (inference) the C++ loops run each row through its own length only and read gi through
+    ``rows`` in place, saving nothing; with gradients, or without the extension, it is :func:`augru_projected`'s
+    h_last on the gathered rows.
+    """
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                 for t in (gi, att, weight_hh, bias_hh, h0))
+    if not needs_grad and _uses_extension(gi):
+        rows = torch.arange(att.shape[0], device=gi.device) if rows is None else rows.to(torch.int64)
+        return _extension().forward_last(gi.contiguous(), rows.contiguous(), att.contiguous(),
+                                         lengths.to(torch.int64).contiguous(),
+                                         gi.new_empty(0) if h0 is None else h0.contiguous(),
+                                         weight_hh.contiguous(), bias_hh.contiguous())
+    gathered = gi if rows is None else gi.index_select(0, rows)
+    return ProjectedRecurrence.apply(gathered, att, lengths, weight_hh, bias_hh, h0)[1]
 
 
 if __name__ == "__main__":

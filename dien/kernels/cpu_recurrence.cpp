@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -129,7 +130,68 @@ std::vector<at::Tensor> backward(const at::Tensor& gates, const at::Tensor& stat
   return {grad_gh, grad_gi_n, grad_att, grad_h0};
 }
 
+// Inference only: the state after each row's last valid step, nothing saved. Rows are sorted by length and run in
+// blocks of kBlockRows; each block runs only to its longest row (a row past its own length is left alone), one
+// GEMM a step for the block's recurrent gates and the gate math fused after it, with everything the block touches
+// small enough to stay in cache.
+// gi [R, T, 3H]: input projections per source row (b_ih included), read through rows_of [B] (row b uses
+// gi[rows_of[b]], so rows that share a history share its projections without a copy); att [B, T] or empty;
+// lengths [B]; h0 [B, H] or empty (zeros); w_hh [3H, H]; b_hh [3H]. Returns h_last [B, H].
+at::Tensor forward_last(const at::Tensor& gi, const at::Tensor& rows_of, const at::Tensor& att,
+                        const at::Tensor& lengths, const at::Tensor& h0, const at::Tensor& w_hh,
+                        const at::Tensor& b_hh) {
+  constexpr int64_t kBlockRows = 128;
+  const int64_t T = gi.size(1), H3 = gi.size(2), H = H3 / 3, B = rows_of.size(0);
+  auto h_last = h0.numel() > 0 ? h0.clone() : at::zeros({B, H}, gi.options());
+  const at::Tensor order = std::get<1>(lengths.clamp_max(T).sort(/*stable=*/false, /*dim=*/0, /*descending=*/true));
+  const at::Tensor w_t = w_hh.t();
+  const float* bias = b_hh.data_ptr<float>();
+  const float* gi_data = gi.data_ptr<float>();
+  const int64_t* source = rows_of.data_ptr<int64_t>();
+  const int64_t* length = lengths.data_ptr<int64_t>();
+  const int64_t* sorted = order.data_ptr<int64_t>();
+  const bool has_att = att.numel() > 0;
+  const float* att_data = has_att ? att.data_ptr<float>() : nullptr;
+  float* out = h_last.data_ptr<float>();
+  const int64_t blocks = (B + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
+    at::NoGradGuard no_grad;
+    auto h = at::empty({kBlockRows, H}, gi.options());
+    auto gh = at::empty({kBlockRows, H3}, gi.options());
+    float* h_data = h.data_ptr<float>();
+    const float* gh_data = gh.data_ptr<float>();
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t first = k * kBlockRows, rows = std::min(kBlockRows, B - first);
+      const int64_t* members = sorted + first;
+      for (int64_t i = 0; i < rows; ++i) std::copy_n(out + members[i] * H, H, h_data + i * H);
+      const int64_t steps = std::min(length[members[0]], T);  // the block's longest row comes first
+      auto h_block = h.narrow(0, 0, rows), gh_block = gh.narrow(0, 0, rows);
+      for (int64_t t = 0; t < steps; ++t) {
+        at::mm_out(gh_block, h_block, w_t);
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t b = members[i];
+          if (t >= length[b]) continue;
+          const float* x = gi_data + (source[b] * T + t) * H3;
+          const float* g = gh_data + i * H3;
+          float* state = h_data + i * H;
+          const float a = has_att ? att_data[b * T + t] : 1.f;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            const float r = sigmoid(x[j] + g[j] + bias[j]);
+            const float z = sigmoid(x[H + j] + g[H + j] + bias[H + j]);
+            const float n = 2.f * sigmoid(2.f * (x[2 * H + j] + r * (g[2 * H + j] + bias[2 * H + j]))) - 1.f;
+            state[j] += a * (1.f - z) * (n - state[j]);
+          }
+        }
+      }
+      for (int64_t i = 0; i < rows; ++i) std::copy_n(h_data + i * H, H, out + members[i] * H);
+    }
+  });
+  return h_last;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "GRU/AUGRU forward time loop");
+  m.def("forward_last", &forward_last, "GRU/AUGRU final states, inference only");
   m.def("backward", &backward, "GRU/AUGRU backward time loop");
 }

@@ -70,26 +70,31 @@ def compute_dtype(backend: str, device_type: str, dtype: torch.dtype) -> torch.d
     return torch.float32
 
 
-def _run(name: str, x: Tensor, att: Tensor | None, lengths: Tensor, *weights_and_h0: Tensor | None
-         ) -> tuple[Tensor, Tensor]:
-    """Backend ``name`` on the inputs cast to its compute dtype, with autocast off inside it: under autocast
-    the recurrence runs as the kernel benchmark measures it (the same dtype for x, att, weights and h0), not
-    with autocast re-casting single matmuls inside the Function."""
-    dtype = compute_dtype(name, x.device.type, x.dtype)
-    implementation = _implementation(name)
-    cast = [None if t is None else t.to(dtype) for t in (x, att, *weights_and_h0)]
-    with torch.autocast(x.device.type, enabled=False):
-        if att is None:
-            return implementation.gru(cast[0], lengths, *cast[2:])
-        return implementation.augru(cast[0], cast[1], lengths, *cast[2:])
+def _run(name: str, function: str, *args: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``function`` of backend ``name`` on ``args`` (``lengths`` is left as it is, every other tensor is cast to
+    the backend's compute dtype), with autocast off inside it: under autocast the recurrence runs as the kernel
+    benchmark measures it (the same dtype for every input), not with autocast re-casting single matmuls inside
+    the Function."""
+    first = args[0]
+    dtype = compute_dtype(name, first.device.type, first.dtype)
+    cast = [t if t is None or not t.is_floating_point() else t.to(dtype) for t in args]
+    with torch.autocast(first.device.type, enabled=False):
+        return getattr(_implementation(name), function)(*cast)
 
 
-def _check(x: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor, att: Tensor | None) -> None:
+def _check(x: Tensor, lengths: Tensor, weight_ih: Tensor | None, weight_hh: Tensor, att: Tensor | None) -> None:
+    """Shapes of the inputs; ``weight_ih`` None: ``x`` are the input projections [B, T, 3H]."""
     if x.dim() != 3:
-        raise ValueError(f"x must be [B, T, I], got shape {tuple(x.shape)}")
+        name = "x" if weight_ih is not None else "gi"
+        raise ValueError(f"{name} must be [B, T, {'I' if weight_ih is not None else '3H'}], got shape {tuple(x.shape)}")
     batch, steps, inputs = x.shape
     hidden = weight_hh.shape[1]
-    if weight_ih.shape != (3 * hidden, inputs) or weight_hh.shape != (3 * hidden, hidden):
+    if weight_hh.shape != (3 * hidden, hidden):
+        raise ValueError(f"weight_hh must be [3H, H], got {tuple(weight_hh.shape)}")
+    if weight_ih is None and inputs != 3 * hidden:
+        raise ValueError(f"gi must be [B, T, 3H] = [{batch}, {steps}, {3 * hidden}] for weight_hh "
+                         f"{tuple(weight_hh.shape)}, got shape {tuple(x.shape)}")
+    if weight_ih is not None and weight_ih.shape != (3 * hidden, inputs):
         raise ValueError(
             f"weights must be weight_ih [3H, I] and weight_hh [3H, H] for I={inputs}; got "
             f"{tuple(weight_ih.shape)} and {tuple(weight_hh.shape)}"
@@ -120,7 +125,7 @@ def gru(
         bf16 from triton, fp32 from the others).
     """
     _check(x, lengths, weight_ih, weight_hh, None)
-    return _run(resolve_backend(x.device.type, backend), x, None, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    return _run(resolve_backend(x.device.type, backend), "gru", x, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
 
 
 def augru(
@@ -136,4 +141,71 @@ def augru(
 ) -> tuple[Tensor, Tensor]:
     """AUGRU (paper Eq. 11-12): like :func:`gru` with the update gate scaled by ``att`` [B, T]."""
     _check(x, lengths, weight_ih, weight_hh, att)
-    return _run(resolve_backend(x.device.type, backend), x, att, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    return _run(resolve_backend(x.device.type, backend), "augru", x, att, lengths, weight_ih, weight_hh, bias_ih,
+                bias_hh, h0)
+
+
+def project(x: Tensor, weight_ih: Tensor, bias_ih: Tensor, backend: str | None = None) -> Tensor:
+    """The input projections ``x W_ih^T + b_ih`` [B, T, 3H] of every step, in the layout and the compute dtype
+    of ``backend``: computed once, they can feed many :func:`gru_projected` / :func:`augru_projected` calls (a
+    server projects each request's history once and shares it across the request's candidates)."""
+    if x.dim() != 3 or weight_ih.dim() != 2 or weight_ih.shape[1] != x.shape[2]:
+        raise ValueError(f"x must be [B, T, I] and weight_ih [3H, I]; got {tuple(x.shape)} and "
+                         f"{tuple(weight_ih.shape)}")
+    return _run(resolve_backend(x.device.type, backend), "project", x, weight_ih, bias_ih)
+
+
+def gru_projected(
+    gi: Tensor,
+    lengths: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor,
+    h0: Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`gru` from the input projections ``gi = x W_ih^T + b_ih`` [B, T, 3H] (e.g. :func:`project`'s)."""
+    _check(gi, lengths, None, weight_hh, None)
+    return _run(resolve_backend(gi.device.type, backend), "gru_projected", gi, lengths, weight_hh, bias_hh, h0)
+
+
+def augru_projected(
+    gi: Tensor,
+    att: Tensor,
+    lengths: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor,
+    h0: Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`augru` from the input projections ``gi = x W_ih^T + b_ih`` [B, T, 3H] (e.g. :func:`project`'s)."""
+    _check(gi, lengths, None, weight_hh, att)
+    return _run(resolve_backend(gi.device.type, backend), "augru_projected", gi, att, lengths, weight_hh, bias_hh,
+                h0)
+
+
+def augru_last(
+    gi: Tensor,
+    att: Tensor,
+    lengths: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor,
+    h0: Tensor | None = None,
+    rows: Tensor | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """The final states h_last [B, H] of :func:`augru_projected`, the rows' input projections read through
+    ``rows`` [B] (row b uses gi[rows[b]] of gi [R, T, 3H]; None: R = B): candidates that share a request's
+    history share its projections without a copy. att [B, T], lengths [B]. On the CPU backend an inference call
+    runs each row only through its own length and saves nothing for a backward."""
+    batch = att.shape[0]
+    if rows is None:
+        _check(gi, lengths, None, weight_hh, att)
+    else:
+        if rows.shape != (batch,):
+            raise ValueError(f"rows must be [B]={batch}, got shape {tuple(rows.shape)}")
+        _check(gi[:1].expand(batch, -1, -1), lengths, None, weight_hh, att)
+        if batch and (int(rows.min()) < 0 or int(rows.max()) >= gi.shape[0]):
+            raise ValueError(f"rows must index gi's {gi.shape[0]} rows, got values from {int(rows.min())} to "
+                             f"{int(rows.max())}")
+    return _run(resolve_backend(gi.device.type, backend), "augru_last", gi, att, lengths, weight_hh, bias_hh, h0,
+                rows)

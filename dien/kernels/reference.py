@@ -67,15 +67,32 @@ def recurrence(
     Returns:
         out: [B, T, H] states, zero at padded steps; h_last: [B, H] state after each row's last valid step.
     """
-    batch, steps, _ = x.shape
+    return projected_recurrence(project(x, weight_ih, bias_ih), att, lengths, weight_hh, bias_hh, h0, update)
+
+
+def project(x: Tensor, weight_ih: Tensor, bias_ih: Tensor) -> Tensor:
+    """The input projections of every step: x [B, T, I] -> gi = x W_ih^T + b_ih [B, T, 3H]."""
+    return x @ weight_ih.t() + bias_ih
+
+
+def projected_recurrence(
+    gi: Tensor,
+    att: Tensor | None,
+    lengths: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor,
+    h0: Tensor | None = None,
+    update: StateUpdate = gru_update,
+) -> tuple[Tensor, Tensor]:
+    """:func:`recurrence` from the input projections ``gi = x W_ih^T + b_ih`` [B, T, 3H] (gate order r, z, n)."""
+    batch, steps, _ = gi.shape
     hidden = weight_hh.shape[1]
-    h = x.new_zeros(batch, hidden) if h0 is None else h0
-    valid = torch.arange(steps, device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
+    h = gi.new_zeros(batch, hidden) if h0 is None else h0
+    valid = torch.arange(steps, device=gi.device).unsqueeze(0) < lengths.to(gi.device).unsqueeze(1)
     outputs = []
     for t in range(steps):
-        gi = x[:, t] @ weight_ih.t() + bias_ih
         gh = h @ weight_hh.t() + bias_hh
-        i_r, i_z, i_n = gi.chunk(3, dim=1)
+        i_r, i_z, i_n = gi[:, t].chunk(3, dim=1)
         h_r, h_z, h_n = gh.chunk(3, dim=1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
@@ -85,7 +102,7 @@ def recurrence(
         h = torch.where(step_valid, update(h, z, n, att_t), h)
         outputs.append(torch.where(step_valid, h, torch.zeros_like(h)))
     if steps == 0:
-        return x.new_zeros(batch, 0, hidden), h
+        return gi.new_zeros(batch, 0, hidden), h
     return torch.stack(outputs, dim=1), h
 
 
@@ -114,3 +131,23 @@ def augru(
 ) -> tuple[Tensor, Tensor]:
     """Reference AUGRU (paper Eq. 11-12); see :func:`recurrence` for shapes."""
     return recurrence(x, att, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0, augru_update)
+
+
+def gru_projected(gi: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                  h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Reference GRU from input projections gi [B, T, 3H]; see :func:`projected_recurrence`."""
+    return projected_recurrence(gi, None, lengths, weight_hh, bias_hh, h0, gru_update)
+
+
+def augru_projected(gi: Tensor, att: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                    h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Reference AUGRU from input projections gi [B, T, 3H]; see :func:`projected_recurrence`."""
+    return projected_recurrence(gi, att, lengths, weight_hh, bias_hh, h0, augru_update)
+
+
+def augru_last(gi: Tensor, att: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+               h0: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+    """Reference AUGRU final states [B, H] from input projections gi [R, T, 3H], row b reading gi[rows[b]]
+    (``rows`` None: gi[b])."""
+    gathered = gi if rows is None else gi.index_select(0, rows)
+    return projected_recurrence(gathered, att, lengths, weight_hh, bias_hh, h0, augru_update)[1]

@@ -1,7 +1,7 @@
 """Fused GRU/AUGRU recurrences in Triton: the kernels, their host launchers, the autograd Function, the ops.
 
-Forward: the input projections of all steps are one torch matmul (``gi = x W_ih^T + b_ih``, [B, T, 3H]); then one
-persistent kernel launch runs the whole recurrence. Each program owns ``BLOCK_B`` rows, keeps the three ``W_hh``
+Forward: the input projections of all steps are one torch matmul (``gi = x W_ih^T + b_ih``, [B, T, 3H], or given
+precomputed to ``*_projected``); then one persistent kernel launch runs the whole recurrence. Each program owns ``BLOCK_B`` rows, keeps the three ``W_hh``
 gate tiles on chip for all steps, loops over time inside the kernel, fuses the gate math and writes every
 ``out[b, t]`` (zeros at padded steps) and ``h_last``.
 
@@ -186,23 +186,23 @@ def _launch_config(dtype: torch.dtype, hidden: int) -> dict:
 
 
 class FusedRecurrence(torch.autograd.Function):
-    """``(out [B, T, H], h_last [B, H])`` of the GRU (``att`` None) or the AUGRU, in ``x.dtype``."""
+    """``(out [B, T, H], h_last [B, H])`` of the GRU (``att`` None) or the AUGRU from the input projections
+    ``gi = x W_ih^T + b_ih`` [B, T, 3H], in ``gi.dtype``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, att: Tensor | None, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor,
-                bias_ih: Tensor, bias_hh: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
-        batch, steps, inputs = x.shape
+    def forward(ctx, gi: Tensor, att: Tensor | None, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                h0: Tensor | None) -> tuple[Tensor, Tensor]:
+        batch, steps, _ = gi.shape
         hidden = weight_hh.shape[1]
-        dtype = x.dtype
+        dtype = gi.dtype
         config = _launch_config(dtype, hidden)
-        x = x.contiguous()
-        lengths = lengths.to(x.device).contiguous()
+        gi = gi.contiguous()
+        lengths = lengths.to(gi.device).contiguous()
         att = None if att is None else att.contiguous()
         h0 = None if h0 is None else h0.contiguous()
         w_hh = weight_hh.to(dtype).contiguous()
-        gi = torch.addmm(bias_ih.to(dtype), x.view(batch * steps, inputs), weight_ih.to(dtype).t())
-        out = torch.empty(batch, steps, hidden, dtype=dtype, device=x.device)
-        h_last = torch.empty(batch, hidden, dtype=dtype, device=x.device)
+        out = torch.empty(batch, steps, hidden, dtype=dtype, device=gi.device)
+        h_last = torch.empty(batch, hidden, dtype=dtype, device=gi.device)
         grid = (triton.cdiv(batch, BLOCK_B),)
         if batch:
             _recurrence_fwd_kernel[grid](
@@ -210,25 +210,24 @@ class FusedRecurrence(torch.autograd.Function):
                 USE_ATT=att is not None, USE_INITIAL_STATE=h0 is not None, **config,
             )
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, att, lengths, weight_ih, w_hh, bias_hh, h0, gi, out)
+        ctx.save_for_backward(att, lengths, w_hh, bias_hh, h0, gi, out)
         return out, h_last
 
     @staticmethod
     def backward(ctx, grad_out: Tensor | None, grad_h_last: Tensor | None):
-        x, att, lengths, weight_ih, w_hh, bias_hh, h0, gi, out = ctx.saved_tensors
-        batch, steps, inputs = x.shape
-        hidden = w_hh.shape[1]
-        config = _launch_config(x.dtype, hidden)
+        att, lengths, w_hh, bias_hh, h0, gi, out = ctx.saved_tensors
+        batch, steps, hidden = out.shape
+        config = _launch_config(gi.dtype, hidden)
         needs = ctx.needs_input_grad
         first = out.new_zeros(batch, 1, hidden) if h0 is None else h0.unsqueeze(1)
         # The state before each step; at padded steps it is out's zero, but there every gate gradient is 0.
         h_prev = torch.cat([first, out], 1)[:, :steps].contiguous()
         flat_prev = h_prev.view(batch * steps, hidden).float()
         gh = torch.addmm(bias_hh.float(), flat_prev, w_hh.float().t())
-        grad_gi = torch.empty(batch * steps, 3 * hidden, dtype=torch.float32, device=x.device)
+        grad_gi = torch.empty(batch * steps, 3 * hidden, dtype=torch.float32, device=gi.device)
         grad_gh = torch.empty_like(grad_gi)
-        grad_att = None if att is None else torch.empty(batch, steps, dtype=torch.float32, device=x.device)
-        grad_h0 = torch.empty(batch, hidden, dtype=torch.float32, device=x.device)
+        grad_att = None if att is None else torch.empty(batch, steps, dtype=torch.float32, device=gi.device)
+        grad_h0 = torch.empty(batch, hidden, dtype=torch.float32, device=gi.device)
         if batch:
             _recurrence_bwd_kernel[(triton.cdiv(batch, BLOCK_B),)](
                 gi, gh, h_prev, att, lengths, w_hh,
@@ -239,14 +238,19 @@ class FusedRecurrence(torch.autograd.Function):
                 HAS_GRAD_H_LAST=grad_h_last is not None, **config,
             )
         # Gradients stay fp32 here; autograd casts each to its input's dtype.
-        grad_x = (grad_gi @ weight_ih.float()).view(x.shape) if needs[0] else None
-        grad_weight_ih = grad_gi.t() @ x.view(batch * steps, inputs).float() if needs[3] else None
-        grad_weight_hh = grad_gh.t() @ flat_prev if needs[4] else None
-        grad_bias_ih = grad_gi.sum(0) if needs[5] else None
-        grad_bias_hh = grad_gh.sum(0) if needs[6] else None
+        grad_weight_hh = grad_gh.t() @ flat_prev if needs[3] else None
+        grad_bias_hh = grad_gh.sum(0) if needs[4] else None
+        grad_gi = grad_gi.view(batch, steps, 3 * hidden) if needs[0] else None
         grad_att = grad_att if needs[1] else None
-        grad_h0 = grad_h0 if h0 is not None and needs[7] else None
-        return grad_x, grad_att, None, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_h0
+        grad_h0 = grad_h0 if h0 is not None and needs[5] else None
+        return grad_gi, grad_att, None, grad_weight_hh, grad_bias_hh, grad_h0
+
+
+def project(x: Tensor, weight_ih: Tensor, bias_ih: Tensor) -> Tensor:
+    """The input projections ``x W_ih^T + b_ih`` of all steps, [B, T, 3H], in ``x.dtype`` (one matmul)."""
+    batch, steps, inputs = x.shape
+    gi = torch.addmm(bias_ih.to(x.dtype), x.reshape(batch * steps, inputs), weight_ih.to(x.dtype).t())
+    return gi.view(batch, steps, weight_ih.shape[0])
 
 
 def gru(x: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor,
@@ -255,10 +259,29 @@ def gru(x: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_i
 
     Returns out [B, T, H] (zeros at padded steps) and h_last [B, H], both in ``x.dtype``.
     """
-    return FusedRecurrence.apply(x, None, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    return FusedRecurrence.apply(project(x, weight_ih, bias_ih), None, lengths, weight_hh, bias_hh, h0)
 
 
 def augru(x: Tensor, att: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
           bias_hh: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Fused AUGRU (paper Eq. 11-12): like :func:`gru` with att [B, T] scaling the update gate."""
-    return FusedRecurrence.apply(x, att, lengths, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    return FusedRecurrence.apply(project(x, weight_ih, bias_ih), att, lengths, weight_hh, bias_hh, h0)
+
+
+def gru_projected(gi: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                  h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Fused GRU from input projections gi [B, T, 3H]."""
+    return FusedRecurrence.apply(gi, None, lengths, weight_hh, bias_hh, h0)
+
+
+def augru_projected(gi: Tensor, att: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                    h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Fused AUGRU from input projections gi [B, T, 3H]; att [B, T]."""
+    return FusedRecurrence.apply(gi, att, lengths, weight_hh, bias_hh, h0)
+
+
+def augru_last(gi: Tensor, att: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+               h0: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+    """Fused AUGRU final states [B, H] from input projections gi [R, T, 3H], row b reading gi[rows[b]]."""
+    gathered = gi if rows is None else gi.index_select(0, rows)
+    return FusedRecurrence.apply(gathered, att, lengths, weight_hh, bias_hh, h0)[1]

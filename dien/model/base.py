@@ -3,6 +3,7 @@ per-candidate score, so a server encodes each request's history once and scores 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,20 +16,32 @@ class HistoryEncoding:
     """Per-request work that does not depend on the candidate.
 
     behaviors: [R, T, E] embeddings; lengths: [R]; behavior_sum: [R, E] sum pooling;
-    states: [R, T, H] interest states (sequence models only).
+    states: [R, T, H] interest states (sequence models only);
+    evolution_inputs: [R', T, 3H] the interest evolution GRU's input projections of the states (DIEN with
+    AUGRU or AGRU: they depend on the history only, so a request computes them once for all its candidates);
+    evolution_rows: [R] the row of ``evolution_inputs`` each row reads (None: row i reads row i). :meth:`select`
+    leaves the projections per request and records the rows, which the kernel reads in place.
     """
 
     behaviors: Tensor
     lengths: Tensor
     behavior_sum: Tensor
     states: Tensor | None = None
+    evolution_inputs: Tensor | None = None
+    evolution_rows: Tensor | None = None
 
-    def select(self, index: Tensor) -> "HistoryEncoding":
-        """Rows ``index`` [C] (e.g. each candidate's request) of every tensor."""
-        return HistoryEncoding(
-            **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).index_select(0, index)
-               for f in fields(self)}
-        )
+    def select(self, index: Tensor, names: Sequence[str] | None = None) -> "HistoryEncoding":
+        """Rows ``index`` [C] (e.g. each candidate's request) of the tensors ``names`` (default: all); the
+        others are None, so a caller copies only what it reads (:attr:`CTRModel.score_reads`). The evolution
+        inputs are not copied: ``evolution_rows`` says which of their rows each selected row reads."""
+        wanted = {f.name for f in fields(self)} if names is None else set(names)
+        shared = ("evolution_inputs", "evolution_rows")
+        selected = {f.name: None if f.name not in wanted or f.name in shared or getattr(self, f.name) is None
+                    else getattr(self, f.name).index_select(0, index) for f in fields(self)}
+        if "evolution_inputs" in wanted and self.evolution_inputs is not None:
+            selected["evolution_inputs"] = self.evolution_inputs
+            selected["evolution_rows"] = index if self.evolution_rows is None else self.evolution_rows[index]
+        return HistoryEncoding(**selected)
 
 
 @dataclass
@@ -45,6 +58,8 @@ class CTRModel(nn.Module):
     """Base class: subclasses define :meth:`encode_history` and :meth:`score`."""
 
     uses_negatives = False
+    score_reads: tuple[str, ...] = ("behaviors", "lengths", "behavior_sum", "states", "evolution_inputs")
+    """The :class:`HistoryEncoding` fields :meth:`score` reads (a server selects only these per candidate)."""
 
     def encode_history(self, hist_item: Tensor, hist_cat: Tensor, lengths: Tensor) -> HistoryEncoding:
         raise NotImplementedError

@@ -23,6 +23,7 @@ class DIN(CTRModel):
         self.attention = MLPAttention(dim, dim)
         self.history_sum = config.history_sum
         self.mlp = MLP((4 if self.history_sum else 2) * dim, config.mlp_dims, config.activation)
+        self.score_reads = ("behaviors", "lengths") + (("behavior_sum",) if self.history_sum else ())
 
     def encode_history(self, hist_item: Tensor, hist_cat: Tensor, lengths: Tensor) -> HistoryEncoding:
         return embed_history(self.embedding, hist_item, hist_cat, lengths)

@@ -73,18 +73,38 @@ class InterestEvolution(nn.Module):
         self.attention = build_attention(attention, attention_dim, query_dim)
         self.out_dim = hidden
 
-    def forward(self, states: Tensor, query: Tensor, lengths: Tensor) -> Tensor:
-        """states: [B, T, H], query (target embedding): [B, D], lengths: [B] -> final interest [B, H']."""
+    def _weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         weights = gru_weights(self.gru)
+        return agru_weights(*weights) if self.kind == "agru" else weights
+
+    def project(self, states: Tensor) -> Tensor | None:
+        """states [R, T, H] -> the GRU's input projections [R, T, 3H] for AUGRU and AGRU, which depend on the
+        history only (computed once per request, shared by its candidates); None for the kinds whose GRU input
+        depends on the candidate (aigru) or that run no AUGRU kernel."""
+        if self.kind not in ("augru", "agru"):
+            return None
+        weight_ih, _, bias_ih, _ = self._weights()
+        return kernels.project(states, weight_ih, bias_ih)
+
+    def forward(self, states: Tensor, query: Tensor, lengths: Tensor, projected: Tensor | None = None,
+                rows: Tensor | None = None) -> Tensor:
+        """states: [B, T, H], query (target embedding): [B, D], lengths: [B] -> final interest [B, H'].
+
+        projected: :meth:`project` of the states, or None (computed here); with ``rows`` [B] it is per request,
+        [R, T, 3H], and row b reads projected[rows[b]].
+        """
+        weights = self._weights()
         if self.kind == "gru_attention":
             outputs, _ = kernels.gru(states, lengths, *weights)
             att = self.attention(query, outputs, lengths)
             return torch.bmm(att.unsqueeze(1), outputs).squeeze(1)
         att = self.attention(query, states, lengths)
-        if self.kind == "augru":
-            _, final = kernels.augru(states, att, lengths, *weights)
-        elif self.kind == "agru":
-            _, final = kernels.augru(states, att, lengths, *agru_weights(*weights))
+        if self.kind in ("augru", "agru"):
+            if projected is None:
+                gate_inputs, rows = self.project(states), None
+            else:
+                gate_inputs = projected
+            final = kernels.augru_last(gate_inputs, att, lengths, weights[1], weights[3], rows=rows)
         elif self.kind == "aigru":
             _, final = kernels.gru(states * att.unsqueeze(2), lengths, *weights)
         else:

@@ -29,6 +29,7 @@ class SumPoolingModel(CTRModel):
         self.product = product
         self.mlp = MLP(dim * (3 if product else 2), config.mlp_dims, config.activation)
         self.wide = nn.Linear(2 * dim, 1) if wide else None
+        self.score_reads = ("behavior_sum",)
 
     def encode_history(self, hist_item: Tensor, hist_cat: Tensor, lengths: Tensor) -> HistoryEncoding:
         return embed_history(self.embedding, hist_item, hist_cat, lengths)

@@ -2,6 +2,7 @@
 
     serve run serve_configs/local.yaml
     serve run dien.serve.app:build_app model=artifacts/student history=data/synthetic
+    serve run dien.serve.app:build_app model=artifacts/student history=data/synthetic scoring=in_ingress
 """
 # No `from __future__ import annotations`: Serve converts the config's `args` dict into ServeArgs only when
 # the builder's parameter annotation is the class itself, not a string.
@@ -14,8 +15,10 @@ from dien.serve.scorer import Scorer
 
 
 def build_app(args: ServeArgs) -> Application:
-    """Ingress -> Scorer. Loads nothing here: the builder may run on another machine than the replicas,
-    so paths are resolved and checked by the replicas that read them."""
+    """Ingress -> Scorer (``scoring: separate``), or the Ingress alone (``scoring: in_ingress``). Loads nothing
+    here: the builder may run on another machine than the replicas, so paths are resolved and checked by the
+    replicas that read them."""
     args = ServeArgs.model_validate(args)
-    scorer = Scorer.bind(args.model, args.device, load_artifact)
-    return Ingress.bind(scorer, args.history, args.limits)
+    if args.scoring == "in_ingress":
+        return Ingress.bind(None, args)
+    return Ingress.bind(Scorer.bind(args.model, args.device, load_artifact, args.category_conflict), args)

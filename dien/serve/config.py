@@ -46,6 +46,14 @@ class ServeArgs(BaseModel):
     """Where the scorer runs the model; auto: the GPU when Ray gave the replica one, else the CPU."""
     limits: RequestLimits = RequestLimits()
     """Request validation limits, enforced by the ingress."""
+    scoring: Literal["separate", "in_ingress"] = "separate"
+    """separate: a Scorer deployment of its own (scaled, and given a GPU, apart from the HTTP tier); in_ingress:
+    the ingress replica scores in its own process (no hop between replicas; its ``user_config`` then takes the
+    scorer settings and its ``num_cpus`` should match ``torch_threads``)."""
+    category_conflict: Literal["ignore", "reject"] = "ignore"
+    """A sent category that contradicts the model's item table: ignore (score the item with its own category
+    and list the position in ``corrected_categories``) or reject (422 naming the field). Categories may always
+    be left out where the model has an item table."""
 
 
 class ScorerConfig(BaseModel):

@@ -1,4 +1,5 @@
-"""The HTTP ingress deployment: validates requests, resolves histories, calls the scorer.
+"""The HTTP ingress deployment: validates requests, resolves histories, calls the scorer (a deployment of its
+own, or in this process with ``scoring: in_ingress``).
 
 The user-history store lives here rather than in a deployment of its own: a lookup is a binary search and
 a slice (microseconds), far less than the extra hop and serialization a separate deployment would add to
@@ -21,10 +22,12 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dien.serve.config import RequestLimits, resolve_path
+from dien.artifacts import load_artifact
+from dien.serve.config import ScorerConfig, ServeArgs, resolve_path
 from dien.serve.history import UserHistoryStore
 from dien.serve.schemas import (ErrorResponse, FieldError, ScoreResponse, describe, error_response_body,
-                                score_request_model)
+                                item_and_category_lists, score_request_model)
+from dien.serve.scorer import BatchScorer
 from dien.serve.scoring import ScoreJob, ScoreResult
 
 logger = logging.getLogger("ray.serve")
@@ -34,6 +37,38 @@ INGRESS = "Ingress"
 BATCH_SIZE_HEADER = "X-DIEN-Batch-Size"
 """Response header: how many requests were scored in the same batch as this one."""
 HEALTH_TIMEOUT_S = 2.0
+
+
+class RemoteScorer:
+    """The scorer deployment behind a handle (``scoring: separate``)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def score(self, job: ScoreJob) -> ScoreResult:
+        return await self.handle.score.remote(job)
+
+    async def ready(self) -> dict[str, str]:
+        return await self.handle.ready.remote()
+
+    async def model_info(self) -> dict[str, Any]:
+        return await self.handle.model_info.remote()
+
+
+class InProcessScorer:
+    """A :class:`BatchScorer` in the ingress's own process (``scoring: in_ingress``): the same calls, no hop."""
+
+    def __init__(self, scorer: BatchScorer) -> None:
+        self.scorer = scorer
+
+    async def score(self, job: ScoreJob) -> ScoreResult:
+        return await self.scorer.score(job)
+
+    async def ready(self) -> dict[str, str]:
+        return self.scorer.ready()
+
+    async def model_info(self) -> dict[str, Any]:
+        return self.scorer.model_info()
 
 
 def current_request_id() -> str:
@@ -77,10 +112,18 @@ class DeclaredBodyLimit:
 class Ingress:
     """``POST /v1/score``, ``GET /v1/model``, ``GET /healthz``; OpenAPI at ``/docs``."""
 
-    def __init__(self, scorer: DeploymentHandle, history: str | None, limits: RequestLimits) -> None:
-        self.scorer = scorer
-        self.limits = RequestLimits.model_validate(limits)
-        self.store = UserHistoryStore.load(resolve_path(history, "user history")) if history else None
+    def __init__(self, scorer: DeploymentHandle | None, args: ServeArgs) -> None:
+        """``scorer``: the Scorer deployment's handle, or None to score in this process (``scoring: in_ingress``)."""
+        args = ServeArgs.model_validate(args)
+        if scorer is None:
+            self.in_process = BatchScorer(args.model, args.device, load_artifact, args.category_conflict)
+            self.in_process.reconfigure(ScorerConfig().model_dump())  # until a user_config arrives
+            self.scorer = InProcessScorer(self.in_process)
+        else:
+            self.in_process = None
+            self.scorer = RemoteScorer(scorer)
+        self.limits = args.limits
+        self.store = UserHistoryStore.load(resolve_path(args.history, "user history")) if args.history else None
         self._rejected = metrics.Counter("dien_ingress_rejected", description="Requests answered with a 4xx.",
                                          tag_keys=("status", "field"))
         self._unknown_users = metrics.Counter(
@@ -90,6 +133,14 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Scorer settings (:class:`ScorerConfig`) for ``scoring: in_ingress``; with a Scorer deployment they
+        belong in its ``user_config``."""
+        if self.in_process is None:
+            raise ValueError("the Ingress takes a user_config only with scoring: in_ingress; put the scorer "
+                             "settings in the Scorer deployment's user_config")
+        self.in_process.reconfigure(user_config)
 
     def history_of(self, user_id: str) -> tuple[list[str | None], list[str | None]]:
         """The stored history of ``user_id``, empty for an unknown user."""
@@ -101,19 +152,23 @@ class Ingress:
 
     async def score(self, body: Any, response: Response) -> ScoreResponse:
         if body.history is not None:
-            items, cats = [b.item_id for b in body.history], [b.category for b in body.history]
+            items, cats = item_and_category_lists(body.history)
         elif body.user_id is not None:
             items, cats = self.history_of(body.user_id)
         else:
             raise RequestValidationError([{"type": "missing", "loc": ("body", "user_id"), "input": None,
                                            "msg": "Field required when history is not given"}])
-        job = ScoreJob(candidate_items=[c.item_id for c in body.candidates],
-                       candidate_cats=[c.category for c in body.candidates],
-                       history_items=items, history_cats=cats, request_id=current_request_id())
-        result: ScoreResult = await self.scorer.score.remote(job)
+        candidate_items, candidate_cats = item_and_category_lists(body.candidates)
+        job = ScoreJob(candidate_items=candidate_items, candidate_cats=candidate_cats, history_items=items,
+                       history_cats=cats, request_id=current_request_id(), history_from_request=body.history is not None)
+        result: ScoreResult = await self.scorer.score(job)
+        if result.errors:
+            raise RequestValidationError([{"type": "scorer", "loc": ("body", e["field"]), "msg": e["message"],
+                                           "input": None} for e in result.errors])
         response.headers[BATCH_SIZE_HEADER] = str(result.batch_size)
         return ScoreResponse(scores=result.scores, model=result.model, history_length=result.history_length,
-                             unknown_candidates=result.unknown_candidates)
+                             unknown_candidates=result.unknown_candidates,
+                             corrected_categories=result.corrected_categories)
 
     def rejected(self, status: int, errors: list[FieldError]) -> JSONResponse:
         # Tag by top-level field only: the full path (candidates[517].item_id) would explode the series.
@@ -133,10 +188,10 @@ class Ingress:
                              "users": len(self.store) if self.store is not None else 0})
 
     async def _ask_ready(self) -> dict[str, str]:
-        return await self.scorer.ready.remote()
+        return await self.scorer.ready()
 
     async def model_info(self) -> dict[str, Any]:
-        return await self.scorer.model_info.remote()
+        return await self.scorer.model_info()
 
 
 def build_api(ingress: Ingress) -> FastAPI:

@@ -1,16 +1,43 @@
 """The HTTP API's bodies, and the error format every rejected request gets.
 
 The request models are built from the deployment's :class:`RequestLimits`, so the limits are checked in
-the same pass as the types and show up in the OpenAPI schema at ``/docs``. Unknown fields are rejected:
+the same pass as the types and show up in the OpenAPI schema at ``/docs``. A list of behaviors (history,
+candidates) comes as objects or, more compactly, as columns; both forms validate alike. Unknown fields are rejected:
 a misspelled ``histroy`` would otherwise be dropped and the request silently scored with the stored
 history instead of the one the client sent.
 """
 
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, create_model,
+                      model_validator)
 
 from dien.serve.config import RequestLimits
+
+
+OBJECTS, COLUMNS = "objects", "columns"
+"""The two forms of a list of behaviors: ``[{"item_id": ..., "category": ...}, ...]`` or the compact
+``{"item_id": [...], "category": [...]}`` (cheaper to build, send and parse)."""
+
+
+def _form(value: Any) -> str:
+    return COLUMNS if isinstance(value, dict) else OBJECTS
+
+
+class BehaviorColumns(BaseModel):
+    """Behaviors as columns: ``category`` as long as ``item_id``, its entries null where the item table should
+    give the category, or left out altogether."""
+
+    model_config = ConfigDict(extra="forbid")
+    item_id: list[str]
+    category: list[str | None] | None = None
+
+    @model_validator(mode="after")
+    def same_length(self) -> "BehaviorColumns":
+        if self.category is not None and len(self.category) != len(self.item_id):
+            raise ValueError(f"category has {len(self.category)} entries for {len(self.item_id)} item_id entries "
+                             "(one per item, null for the item table's)")
+        return self
 
 
 def score_request_model(limits: RequestLimits) -> type[BaseModel]:
@@ -18,25 +45,42 @@ def score_request_model(limits: RequestLimits) -> type[BaseModel]:
     Token = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_id_chars)]
 
     class Behavior(BaseModel):
-        """One item with its category."""
+        """One item, with its category or without (the model's item table gives it)."""
 
         model_config = ConfigDict(extra="forbid")
         item_id: Token
-        category: Token
+        category: Token | None = None
+
+    def behaviors(name: str, min_length: int, max_length: int) -> Any:
+        """A list of behaviors in either form, the same limits on both; ``name`` names the columns model."""
+        columns = create_model(name, __base__=BehaviorColumns, __doc__=BehaviorColumns.__doc__,
+                               item_id=(list[Token], Field(min_length=min_length, max_length=max_length)),
+                               category=(list[Token | None] | None, None))
+        objects = Annotated[list[Behavior], Field(min_length=min_length, max_length=max_length), Tag(OBJECTS)]
+        return Annotated[Union[objects, Annotated[columns, Tag(COLUMNS)]], Discriminator(_form)]
+
+    History = behaviors("HistoryColumns", 0, limits.max_history)
+    Candidates = behaviors("CandidateColumns", 1, limits.max_candidates)
 
     class ScoreRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         user_id: Token | None = Field(
             None, description="The user; their stored history is used unless `history` is given. "
                               "Required when `history` is not given.")
-        history: list[Behavior] | None = Field(
-            None, max_length=limits.max_history,
-            description="The user's behaviors, oldest first; only the model's max_len most recent are used. "
-                        "Overrides the stored history; [] scores without history.")
-        candidates: list[Behavior] = Field(
-            min_length=1, max_length=limits.max_candidates, description="Items to score, in response order.")
+        history: History | None = Field(
+            None, description="The user's behaviors, oldest first; only the model's max_len most recent are used. "
+                              "Overrides the stored history; [] scores without history.")
+        candidates: Candidates = Field(
+            description="Items to score, in response order.")
 
     return ScoreRequest
+
+
+def item_and_category_lists(behaviors: Any) -> tuple[list[str], list[str | None]]:
+    """(item ids, categories) of a validated list of behaviors in either form."""
+    if isinstance(behaviors, list):
+        return [b.item_id for b in behaviors], [b.category for b in behaviors]
+    return behaviors.item_id, behaviors.category or [None] * len(behaviors.item_id)
 
 
 class ModelRef(BaseModel):
@@ -51,6 +95,9 @@ class ScoreResponse(BaseModel):
     unknown_candidates: list[int] = Field(
         default_factory=list, description="Positions (0-based) of the candidates whose item the model has never "
                                           "seen; they score as the out-of-vocabulary item, near the base rate.")
+    corrected_categories: list[int] = Field(
+        default_factory=list, description="Positions (0-based) of the candidates sent with a category other than "
+                                          "the model's item table gives them; they were scored with the table's.")
 
 
 class FieldError(BaseModel):
@@ -65,7 +112,7 @@ class ErrorResponse(BaseModel):
 
 def field_path(loc: Sequence[Any]) -> str:
     """A pydantic/FastAPI error location as a path: ("body", "candidates", 3, "item_id") -> candidates[3].item_id."""
-    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    parts = [p for p in (loc[1:] if loc and loc[0] == "body" else loc) if p not in (OBJECTS, COLUMNS)]
     path = ""
     for part in parts:
         if isinstance(part, int):
@@ -84,9 +131,12 @@ def describe(error: dict[str, Any]) -> FieldError:
         # FastAPI hands over the raw bytes when the Content-Type is not JSON.
         return FieldError(field="body", message="expected a JSON object sent with Content-Type: application/json")
     path = field_path(error["loc"])
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field"
+    elif error["type"] == "list_type" and error["loc"][-1] == OBJECTS:
+        message = ('expected a list of {"item_id", "category"} objects or {"item_id": [...], "category": [...]} '
+                   "columns")
     return FieldError(field=path, message=message)
 
 

@@ -1,4 +1,9 @@
-"""The scorer deployment: loads one model artifact and scores batches of requests with ``@serve.batch``."""
+"""The scorer: loads one model artifact and scores batches of requests with ``@serve.batch``.
+
+:class:`BatchScorer` is the plain class; :data:`Scorer` is it as a deployment of its own (``scoring: separate``,
+the default: the scorer tier scales, and may hold a GPU, apart from the HTTP tier). With ``scoring: in_ingress``
+the ingress builds a ``BatchScorer`` in its own process instead, and requests skip the hop between replicas.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -6,7 +11,6 @@ import logging
 import time
 from typing import Any, Callable
 
-import numpy as np
 import ray
 import torch
 from ray import serve
@@ -15,7 +19,7 @@ from ray.serve import metrics
 from dien.allocator import retain_freed_memory
 from dien.artifacts import ModelArtifact, load_artifact
 from dien.serve.config import ScorerConfig, resolve_path
-from dien.serve.scoring import BatchScores, ScoreJob, ScoreResult, TokenIndex, score_jobs
+from dien.serve.scoring import BatchScores, ModelVocabulary, ScoreJob, ScoreResult, score_jobs
 
 # Serve's logger: in a replica every line carries the deployment, the replica and (inside a request) its id.
 logger = logging.getLogger("ray.serve")
@@ -43,29 +47,23 @@ def _exponential(start: float, stop: float) -> list[float]:
     return bounds
 
 
-@serve.deployment(
-    name=SCORER,
-    max_ongoing_requests=2 * _DEFAULTS.max_batch_size,
-    user_config=_DEFAULTS.model_dump(),
-    ray_actor_options={"num_cpus": 1},
-    # Replacements start and become ready before old replicas stop, which first finish what they hold.
-    max_surge_percent=100,
-    graceful_shutdown_timeout_s=30,
-    # A missing or altered artifact does not heal itself: fail the deploy soon, with the loader's message.
-    max_constructor_retry_count=3,
-)
-class Scorer:
+class BatchScorer:
     """Loads the artifact with the injected ``loader`` (the one batch inference and tests use), verifying
-    its checksums, warms the model up, then scores batches of :class:`ScoreJob`."""
+    its checksums, warms the model up, then scores batches of :class:`ScoreJob`.
 
-    def __init__(self, model: str, device: str = "auto",
-                 loader: Callable[..., ModelArtifact] = load_artifact) -> None:
+    category_conflict: what a sent category that contradicts the model's item table gets
+    (:data:`dien.serve.scoring.CATEGORY_CONFLICTS`).
+    """
+
+    def __init__(self, model: str, device: str = "auto", loader: Callable[..., ModelArtifact] = load_artifact,
+                 category_conflict: str = "ignore") -> None:
         # Each batch allocates tens of MB; glibc would unmap them on free and fault them in again next batch.
         retain_freed_memory()
         self.device = pick_device(device)
         self.artifact = loader(resolve_path(model, "model artifact"), device=self.device)
-        self.items = TokenIndex(self.artifact.items)
-        self.categories = TokenIndex(self.artifact.categories)
+        self.vocabulary = ModelVocabulary(self.artifact.items, self.artifact.categories,
+                                          self.artifact.item_categories)
+        self.category_conflict = category_conflict
         self.model_ref = {"name": self.artifact.name, "version": str(self.artifact.manifest["version"])}
         self.config = _DEFAULTS
         self._batch_requests = metrics.Histogram(
@@ -84,8 +82,9 @@ class Scorer:
         # The first call allocates and (on GPU) compiles kernels: pay for it before the replica is ready.
         max_len = self.artifact.max_len
         self._score_now([ScoreJob(["warm-up"], ["warm-up"], ["warm-up"] * max_len, ["warm-up"] * max_len)])
-        logger.info("Scorer ready: model %s version %s from %s on %s", self.model_ref["name"],
-                    self.model_ref["version"], self.artifact.path, self.device)
+        logger.info("Scorer ready: model %s version %s from %s on %s (item table: %s)", self.model_ref["name"],
+                    self.model_ref["version"], self.artifact.path, self.device,
+                    "none" if self.artifact.item_categories is None else f"{len(self.artifact.item_categories)} items")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a ``user_config`` (:class:`ScorerConfig`) to the running replica."""
@@ -97,8 +96,8 @@ class Scorer:
         logger.info("Scorer configured: %s", config.model_dump())
 
     def _score_now(self, jobs: list[ScoreJob]) -> BatchScores:
-        return score_jobs(self.artifact.model, self.items, self.categories, self.artifact.max_len, jobs,
-                          self.device, self.config.max_chunk_candidates)
+        return score_jobs(self.artifact.model, self.vocabulary, self.artifact.max_len, jobs, self.device,
+                          self.config.max_chunk_candidates, self.category_conflict)
 
     @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s)
     async def score(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
@@ -112,11 +111,14 @@ class Scorer:
         self._batch_candidates.observe(candidates)
         self._batch_latency.observe(elapsed_ms)
         self._candidates_scored.inc(candidates)
-        logger.debug("scored %d requests, %d candidates in %.1f ms: %s", len(jobs), candidates, elapsed_ms,
+        logger.debug("scored %d requests (%d distinct histories), %d candidates in %.1f ms: %s", len(jobs),
+                     scored.distinct_histories, candidates, elapsed_ms,
                      " ".join(job.request_id for job in jobs))
-        return [ScoreResult(scores=s.tolist(), history_length=int(n), unknown_candidates=u.tolist(),
-                            model=self.model_ref, batch_size=len(jobs))
-                for s, n, u in zip(scored.scores, scored.history_lengths, scored.unknown_candidates)]
+        return [ScoreResult(scores=[] if errors else s.tolist(), history_length=int(n), unknown_candidates=u.tolist(),
+                            model=self.model_ref, batch_size=len(jobs), corrected_categories=c.tolist(),
+                            errors=errors)
+                for s, n, u, c, errors in zip(scored.scores, scored.history_lengths, scored.unknown_candidates,
+                                              scored.corrected_categories, scored.errors)]
 
     def ready(self) -> dict[str, str]:
         """The model's name and version (a cheap liveness probe for the ingress's /healthz)."""
@@ -130,12 +132,28 @@ class Scorer:
             "created": manifest.get("created"),
             "hidden": self.artifact.config.hidden,
             "max_len": self.artifact.max_len,
+            "item_table": self.artifact.item_categories is not None,
             "vocab_sizes": manifest.get("vocab_sizes", {}),
             "metrics": manifest.get("metrics", {}),
             "config": manifest["model"]["config"],
             "serving": {
                 "replica": serve.get_replica_context().replica_tag,
                 "device": str(self.device),
+                "category_conflict": self.category_conflict,
                 **self.config.model_dump(),
             },
         }
+
+
+Scorer = serve.deployment(
+    name=SCORER,
+    max_ongoing_requests=2 * _DEFAULTS.max_batch_size,
+    user_config=_DEFAULTS.model_dump(),
+    ray_actor_options={"num_cpus": 1},
+    # Replacements start and become ready before old replicas stop, which first finish what they hold.
+    max_surge_percent=100,
+    graceful_shutdown_timeout_s=30,
+    # A missing or altered artifact does not heal itself: fail the deploy soon, with the loader's message.
+    max_constructor_retry_count=3,
+)(BatchScorer)
+"""The scorer as its own deployment (``scoring: separate``)."""

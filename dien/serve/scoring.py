@@ -8,7 +8,6 @@ by the model that scores them, through its own vocabularies (unknown tokens -> o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -20,20 +19,31 @@ from dien.data.vocab import OUT_OF_VOCABULARY, RESERVED, Vocabulary
 from dien.model import CTRModel
 
 
+CATEGORY_CONFLICTS = ("ignore", "reject")
+"""What the scorer does with a client-sent category that contradicts the model's item table: ``ignore`` scores
+the item with the table's category (and reports the position in ``corrected_categories``), ``reject`` answers
+422 naming the field."""
+
+
 @dataclass
 class ScoreJob:
     """One request: candidates to score against one history.
 
-    history_items, history_cats: oldest first, any length (the scorer keeps the model's ``max_len`` most
-    recent); None stands for a behavior the history store has no token for (scores as out-of-vocabulary).
+    candidate_cats, history_cats: a category per entry, or None for "the item's own category" (the model's
+    item table fills it). history_items, history_cats: oldest first, any length (the scorer keeps the model's
+    ``max_len`` most recent); an item of None stands for a behavior the history store has no token for
+    (scores as out-of-vocabulary).
     """
 
     candidate_items: list[str]
-    candidate_cats: list[str]
+    candidate_cats: list[str | None]
     history_items: list[str | None] = field(default_factory=list)
     history_cats: list[str | None] = field(default_factory=list)
     request_id: str = ""
     """Serve's request id, for the scorer's logs."""
+    history_from_request: bool = True
+    """Whether the client sent the history (its categories are checked against the item table like the
+    candidates'); False for a stored history, whose categories the table overrides silently."""
 
     def __post_init__(self) -> None:
         if len(self.candidate_items) != len(self.candidate_cats) or len(self.history_items) != len(self.history_cats):
@@ -43,7 +53,7 @@ class ScoreJob:
 @dataclass
 class ScoreResult:
     scores: list[float]
-    """Click probabilities in the request's candidate order."""
+    """Click probabilities in the request's candidate order (empty when ``errors``)."""
     history_length: int
     """Behaviors the model saw (after truncation to ``max_len``)."""
     unknown_candidates: list[int]
@@ -52,6 +62,10 @@ class ScoreResult:
     """name and version of the model that scored."""
     batch_size: int
     """Requests scored in the same batch (observability)."""
+    corrected_categories: list[int] = field(default_factory=list)
+    """Positions of the candidates whose sent category the item table replaced."""
+    errors: list[dict[str, str]] = field(default_factory=list)
+    """``{"field", "message"}`` of each problem that makes the request unscorable (the ingress answers 422)."""
 
 
 class TokenIndex:
@@ -70,11 +84,31 @@ class TokenIndex:
         return np.fromiter((get(t, OUT_OF_VOCABULARY) for t in tokens), dtype=np.int64, count=len(tokens))
 
 
-def _padded(index: TokenIndex, tokens: list[str | None], lengths: np.ndarray) -> np.ndarray:
-    """[R, max(lengths)] left-aligned, zero-padded ids of the concatenated per-request ``tokens``."""
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    padded, _ = pad_lists(pa.ListArray.from_arrays(pa.array(offsets), pa.array(index.encode(tokens))))
-    return padded
+class ModelVocabulary:
+    """What turns a request's tokens into the model's ids: the item and category indexes and the item table
+    (each item id's category id, from the artifact; None for an artifact without one)."""
+
+    def __init__(self, items: Vocabulary, categories: Vocabulary, item_categories: np.ndarray | None) -> None:
+        self.items = TokenIndex(items)
+        self.categories = TokenIndex(categories)
+        if item_categories is not None and len(item_categories) != len(items):
+            raise ValueError(f"the item table has {len(item_categories)} rows for {len(items)} item ids")
+        self.item_categories = None if item_categories is None else item_categories.astype(np.int64)
+
+    def resolve_categories(self, item_ids: np.ndarray, sent: Sequence[str | None]
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(category ids, conflicts, missing) of items ``item_ids`` [N] sent with categories ``sent``.
+
+        The item table's category wins where it knows the item; elsewhere the sent one is used. ``conflicts``
+        [N] bool: a sent category differs from the table's; ``missing`` [N] bool: neither has one.
+        """
+        sent_ids = self.categories.encode(sent)
+        given = np.fromiter((c is not None for c in sent), dtype=bool, count=len(sent))
+        if self.item_categories is None:
+            return sent_ids, np.zeros(len(sent), dtype=bool), ~given
+        table = self.item_categories[item_ids]
+        known = table > OUT_OF_VOCABULARY
+        return np.where(known, table, sent_ids), known & given & (sent_ids != table), ~known & ~given
 
 
 @dataclass
@@ -87,34 +121,97 @@ class BatchScores:
     """[R] int64 behaviors each job's model input held (after truncation to ``max_len``)."""
     unknown_candidates: list[np.ndarray]
     """Per job, the positions of candidates whose item is out of vocabulary."""
+    corrected_categories: list[np.ndarray]
+    """Per job, the positions of candidates whose sent category the item table replaced."""
+    errors: list[list[dict[str, str]]]
+    """Per job, the problems that make it unscorable (its scores are then meaningless)."""
+    distinct_histories: int
+    """Histories encoded: jobs of the same user with the same history share one encoding."""
 
 
-def score_jobs(model: CTRModel, items: TokenIndex, categories: TokenIndex, max_len: int, jobs: Sequence[ScoreJob],
-               device: torch.device | str = "cpu", max_chunk_candidates: int = 4096) -> BatchScores:
-    """Click probabilities of every job's candidates, each job's history length after truncation, and which
-    candidates are unknown items.
+@dataclass
+class _EncodedJob:
+    hist_item: np.ndarray
+    hist_cat: np.ndarray
+    target_item: np.ndarray
+    target_cat: np.ndarray
+    corrected: np.ndarray
+    errors: list[dict[str, str]]
 
-    All R histories are padded into one [R, T] batch and encoded once (embeddings and the interest
-    extractor GRU); each of the C candidates then selects its request's encoding, and only attention,
-    AUGRU and the MLP run per candidate, ``max_chunk_candidates`` at a time.
+
+def _field_errors(where: str, mask: np.ndarray, message: str, offset: int = 0) -> list[dict[str, str]]:
+    return [{"field": f"{where}[{int(i) + offset}].category", "message": message} for i in np.flatnonzero(mask)]
+
+
+def _encode_job(vocabulary: ModelVocabulary, job: ScoreJob, max_len: int, category_conflict: str) -> _EncodedJob:
+    keep = max(len(job.history_items) - max_len, 0)
+    hist_item = vocabulary.items.encode(job.history_items[keep:])
+    hist_cat, hist_conflicts, hist_missing = vocabulary.resolve_categories(hist_item, job.history_cats[keep:])
+    target_item = vocabulary.items.encode(job.candidate_items)
+    target_cat, conflicts, missing = vocabulary.resolve_categories(target_item, job.candidate_cats)
+    errors = []
+    if vocabulary.item_categories is None:
+        no_table = "required: this model has no item table to look the item's category up in"
+        errors += _field_errors("candidates", missing, no_table)
+        if job.history_from_request:
+            errors += _field_errors("history", hist_missing, no_table, keep)
+    if category_conflict == "reject":
+        contradicts = "contradicts the model's item table (send the item's own category, or none)"
+        errors += _field_errors("candidates", conflicts, contradicts)
+        if job.history_from_request:
+            errors += _field_errors("history", hist_conflicts, contradicts, keep)
+    return _EncodedJob(hist_item, hist_cat, target_item, target_cat, np.flatnonzero(conflicts), errors)
+
+
+def _padded(rows: list[np.ndarray]) -> np.ndarray:
+    """[R, max length] left-aligned, zero-padded ids of ``rows``."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    padded, _ = pad_lists(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int64())))
+    return padded
+
+
+def score_jobs(model: CTRModel, vocabulary: ModelVocabulary, max_len: int, jobs: Sequence[ScoreJob],
+               device: torch.device | str = "cpu", max_chunk_candidates: int = 4096,
+               category_conflict: str = "ignore") -> BatchScores:
+    """Click probabilities of every job's candidates, each job's history length after truncation, which
+    candidates are unknown items, and which categories the item table replaced or found contradicted
+    (``category_conflict``: one of :data:`CATEGORY_CONFLICTS`).
+
+    The distinct histories of the R jobs (jobs of one user with the same history share one) are padded into
+    one [U, T] batch and encoded once: embeddings, the interest extractor GRU and the evolution GRU's input
+    projections. Each candidate then selects its history's encoding (only the tensors ``model.score``
+    reads), and only attention, the AUGRU's recurrence and the MLP run per candidate, ``max_chunk_candidates``
+    at a time.
     """
-    lengths = np.array([min(len(job.history_items), max_len) for job in jobs], dtype=np.int64)
-    keep = [len(job.history_items) - n for job, n in zip(jobs, lengths)]
-    hist_item = _padded(items, list(chain.from_iterable(j.history_items[k:] for j, k in zip(jobs, keep))), lengths)
-    hist_cat = _padded(categories, list(chain.from_iterable(j.history_cats[k:] for j, k in zip(jobs, keep))), lengths)
+    if category_conflict not in CATEGORY_CONFLICTS:
+        raise ValueError(f"category_conflict must be one of {', '.join(CATEGORY_CONFLICTS)}, got {category_conflict!r}")
+    encoded = [_encode_job(vocabulary, job, max_len, category_conflict) for job in jobs]
+    distinct: dict[tuple[bytes, bytes], int] = {}
+    histories: list[_EncodedJob] = []
+    for e in encoded:
+        if distinct.setdefault((e.hist_item.tobytes(), e.hist_cat.tobytes()), len(distinct)) == len(histories):
+            histories.append(e)
+    history_of = np.array([distinct[e.hist_item.tobytes(), e.hist_cat.tobytes()] for e in encoded], dtype=np.int64)
+    lengths = np.array([len(e.hist_item) for e in histories], dtype=np.int64)
+    hist_item, hist_cat = _padded([e.hist_item for e in histories]), _padded([e.hist_cat for e in histories])
     counts = np.array([len(job.candidate_items) for job in jobs], dtype=np.int64)
-    target_item = torch.from_numpy(items.encode(list(chain.from_iterable(j.candidate_items for j in jobs))))
-    target_cat = torch.from_numpy(categories.encode(list(chain.from_iterable(j.candidate_cats for j in jobs))))
-    request_of = torch.from_numpy(np.repeat(np.arange(len(jobs)), counts))
+    target_item = torch.from_numpy(np.concatenate([e.target_item for e in encoded]))
+    target_cat = torch.from_numpy(np.concatenate([e.target_cat for e in encoded]))
+    request_of = torch.from_numpy(np.repeat(history_of, counts))
     probabilities = torch.empty(int(counts.sum()), dtype=torch.float32)
     with torch.inference_mode():
         history = model.encode_history(torch.from_numpy(hist_item).to(device), torch.from_numpy(hist_cat).to(device),
                                        torch.from_numpy(lengths).to(device))
         for start in range(0, len(probabilities), max_chunk_candidates):
             chunk = slice(start, start + max_chunk_candidates)
-            logits = model.score(history.select(request_of[chunk].to(device)), target_item[chunk].to(device),
-                                 target_cat[chunk].to(device))
+            logits = model.score(history.select(request_of[chunk].to(device), model.score_reads),
+                                 target_item[chunk].to(device), target_cat[chunk].to(device))
             probabilities[chunk] = torch.sigmoid(logits).float().cpu()
     bounds = np.cumsum(counts)[:-1]
-    unknown = [np.flatnonzero(ids == OUT_OF_VOCABULARY) for ids in np.split(target_item.numpy(), bounds)]
-    return BatchScores(np.split(probabilities.numpy(), bounds), lengths, unknown)
+    return BatchScores(scores=np.split(probabilities.numpy(), bounds), history_lengths=lengths[history_of],
+                       unknown_candidates=[np.flatnonzero(e.target_item == OUT_OF_VOCABULARY) for e in encoded],
+                       corrected_categories=[e.corrected if category_conflict == "ignore" else e.corrected[:0]
+                                             for e in encoded],
+                       errors=[e.errors for e in encoded], distinct_histories=len(distinct))

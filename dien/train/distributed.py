@@ -441,4 +441,5 @@ def export_artifact(job: TrainJob, result, out: str | Path, extra: dict[str, Any
                if k.startswith(("valid_", "test_")) or k == "best_epoch"}
     return save_artifact(out, exported, name, config, vocabularies.item,
                          vocabularies.category, dataset.max_len, metrics=metrics,
-                         dataset_sha256=dataset_sha256(job.data), extra=extra)
+                         dataset_sha256=dataset_sha256(job.data), extra=extra,
+                         item_categories=vocabularies.item_category)

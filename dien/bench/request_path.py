@@ -1,0 +1,106 @@
+"""Where a scoring request's time goes, in-process, and the compute limit every end-to-end figure is a share of.
+
+Both run the serving code itself (the ingress's request model, the user-history store, the scorer's
+:func:`dien.serve.scoring.score_jobs`) on the benchmark's request bodies, in this process on one torch thread,
+as one scorer replica runs them: no HTTP, no Serve.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from dien.artifacts import load_artifact
+from dien.bench.workload import Workload
+from dien.serve.config import RequestLimits
+from dien.serve.history import UserHistoryStore
+from dien.serve.schemas import ModelRef, ScoreResponse, item_and_category_lists, score_request_model
+from dien.serve.scoring import ModelVocabulary, ScoreJob, score_jobs
+
+BATCH_REQUESTS = 16
+"""Requests scored together: the scorer's default ``max_batch_size``."""
+
+
+class _Path:
+    """The request path's pieces for one model and dataset."""
+
+    def __init__(self, model: str | Path, data: str | Path) -> None:
+        self.artifact = load_artifact(model)
+        self.vocabulary = ModelVocabulary(self.artifact.items, self.artifact.categories,
+                                          self.artifact.item_categories)
+        self.store = UserHistoryStore.load(data)
+        self.request_model = score_request_model(RequestLimits())
+
+    def job(self, request: Any) -> ScoreJob:
+        if request.history is not None:
+            hist_items, hist_cats = item_and_category_lists(request.history)
+        else:
+            hist_items, hist_cats = self.store.lookup(request.user_id) or ([], [])
+        items, cats = item_and_category_lists(request.candidates)
+        return ScoreJob(items, cats, hist_items, hist_cats, history_from_request=request.history is not None)
+
+    def score(self, jobs: list[ScoreJob]) -> Any:
+        return score_jobs(self.artifact.model, self.vocabulary, self.artifact.max_len, jobs)
+
+
+def _best_seconds(run: Callable[[], Any], repeats: int) -> float:
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _batches(jobs: list[ScoreJob]) -> list[list[ScoreJob]]:
+    return [jobs[i:i + BATCH_REQUESTS] for i in range(0, len(jobs), BATCH_REQUESTS)]
+
+
+def offline_candidates_per_s(model: str | Path, data: str | Path, workload: Workload, requests: int = 128,
+                             repeats: int = 3) -> float:
+    """Candidates/s of :func:`score_jobs` on the workload's first ``requests`` bodies in batches of
+    :data:`BATCH_REQUESTS`, one torch thread, best of ``repeats``: the scorer's work without any HTTP."""
+    path = _Path(model, data)
+    jobs = [path.job(path.request_model.model_validate_json(b)) for b in workload.bodies[:requests]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seconds = _best_seconds(lambda: [path.score(batch) for batch in _batches(jobs)], repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return sum(len(j.candidate_items) for j in jobs) / seconds
+
+
+def request_path_breakdown(model: str | Path, data: str | Path, workload: Workload, requests: int = 128,
+                           repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per request of each in-process step, one torch thread: JSON parsing, validation into the
+    request model, building the scorer's job (history lookup or the body's history), scoring in batches
+    (tokens to ids, the item table, the model), and the response's model and JSON."""
+    path = _Path(model, data)
+    bodies = workload.bodies[:requests]
+    parsed = [json.loads(b) for b in bodies]
+    validated = [path.request_model.model_validate(p) for p in parsed]
+    jobs = [path.job(r) for r in validated]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = [path.score(batch) for batch in _batches(jobs)]
+        scores = [s for result in results for s in result.scores]
+        model_ref = ModelRef(name=path.artifact.name, version=str(path.artifact.manifest["version"]))
+        steps = {
+            "json_parse": lambda: [json.loads(b) for b in bodies],
+            "validate": lambda: [path.request_model.model_validate(p) for p in parsed],
+            "build_job": lambda: [path.job(r) for r in validated],
+            "score": lambda: [path.score(batch) for batch in _batches(jobs)],
+            "response": lambda: [ScoreResponse(scores=s.tolist(), model=model_ref, history_length=0).model_dump_json()
+                                 for s in scores],
+        }
+        breakdown = {name: round(_best_seconds(run, repeats) / len(bodies) * 1000, 4) for name, run in steps.items()}
+    finally:
+        torch.set_num_threads(threads)
+    breakdown["total_in_process"] = round(sum(breakdown.values()), 4)
+    return breakdown
