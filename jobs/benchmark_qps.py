@@ -44,6 +44,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[QpsConfig, str]:
     parser.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction,
                         default=defaults.throughput_optimized,
                         help="local mode: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in the embedded Ray")
+    parser.add_argument("--haproxy", action=argparse.BooleanOptionalAction, default=defaults.haproxy,
+                        help="local mode: HAProxy in front of the ingress replicas (RAY_SERVE_ENABLE_HA_PROXY=1)")
     parser.add_argument("--form", choices=FORMS, default=defaults.form,
                         help="lists of behaviors in the bodies as objects or as compact columns")
     parser.add_argument("--inline-history", action=argparse.BooleanOptionalAction, default=defaults.inline_history,
@@ -61,7 +63,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[QpsConfig, str]:
     chosen = {"candidates": args.candidates, "concurrency": args.concurrency, "rates": args.rates,
               "open_fractions": args.open_fractions, "port": args.port, "url": args.url}
     config = replace(config, load=load, serve_config=args.serve_config, out=args.out,
-                     throughput_optimized=args.throughput_optimized, form=args.form,
+                     throughput_optimized=args.throughput_optimized, haproxy=args.haproxy, form=args.form,
                      inline_history=args.inline_history, peers=args.peers,
                      inputs=replace(config.inputs, data=args.data, student=args.student, teacher=args.teacher),
                      **{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v is not None})

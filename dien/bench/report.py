@@ -90,6 +90,7 @@ def format_markdown(report: QpsReport) -> str:
              f"{env['started']}, {env['cpus']} CPUs (1/5/15-minute load averages at start "
              f"{env['load_average_at_start']}, at the end {env.get('load_average_at_end')}), "
              f"Ray {env['ray']}, throughput-optimized Serve: {env['throughput_optimized']}, "
+             f"HAProxy in front: {env.get('haproxy', False)}, "
              f"{report.seconds:.0f} s in all.", ""]
     if report.models:
         lines += ["Models: " + "; ".join(f"{name} hidden {m['hidden']} ({m['path']})" for name, m in report.models.items()),

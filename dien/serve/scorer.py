@@ -147,7 +147,8 @@ class BatchScorer:
 
 Scorer = serve.deployment(
     name=SCORER,
-    max_ongoing_requests=2 * _DEFAULTS.max_batch_size,
+    # Requests queue at the replica for the next batches; a full replica makes callers' routers back off instead.
+    max_ongoing_requests=8 * _DEFAULTS.max_batch_size,
     user_config=_DEFAULTS.model_dump(),
     ray_actor_options={"num_cpus": 1},
     # Replacements start and become ready before old replicas stop, which first finish what they hold.
