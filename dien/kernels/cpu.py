@@ -20,9 +20,9 @@ I=H=36, random lengths, fp32, 2 threads, best of 3 rounds; ``runs/bench_kernels_
 same run, and DIEN training end to end:
 
     backend                          GRU    AUGRU   DIEN training, samples/s
-    this Function, C++ loops         5.1x   6.4x    1,512 (reference 478)
-    this Function, PyTorch loops     1.9x   2.4x    1,094 (reference 498)
-    nn.GRU (oneDNN), padded input    2.0x   n/a
+    this Function, C++ loops         5.6x   5.8x    1,898 (reference 469)
+    this Function, PyTorch loops     2.7x   1.9x    1,482 (reference 527)
+    nn.GRU (oneDNN), padded input    2.3x   n/a
 
 Both loop versions do the same GEMMs; what the PyTorch loops add is ~10 small elementwise calls a step plus the
 vectorized gate-derivative pass of the backward, which the C++ pass replaces. The C++ loops build in under a
