@@ -83,6 +83,21 @@ def test_zero_steps_return_the_initial_state(op, poisoned_buffers):
     assert_same_results(forward_backward(op, case, "triton"), forward_backward(op, case, "reference"))
 
 
+def test_augru_last_reads_shared_projections_through_rows(poisoned_buffers):
+    """Final states and gradients of candidates reading their request's projections through ``rows``."""
+    case = make_inputs(5, 7, 4, 16, seed=9, device=DEVICE)
+    gi = kernels.project(case.x, case.weight_ih, case.bias_ih, backend="reference").detach().requires_grad_()
+    rows = torch.tensor([0, 0, 3, 1, 4, 4, 2, 0, 3], device=DEVICE)
+    att = torch.rand(9, 7, device=DEVICE)
+    lengths = torch.tensor([7, 0, 3, 5, 1, 7, 6, 2, 4], device=DEVICE)
+    results = {}
+    for backend in ("reference", "triton"):
+        h_last = kernels.augru_last(gi, att, lengths, case.weight_hh, case.bias_hh, rows=rows, backend=backend)
+        results[backend] = [h_last.detach(), *torch.autograd.grad(h_last.pow(2).sum(), (gi, case.weight_hh))]
+    for actual, expected in zip(results["triton"], results["reference"]):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_dispatch_runs_triton(monkeypatch):
     monkeypatch.delenv("DIEN_KERNEL", raising=False)
     assert "triton" in kernels.available_backends()

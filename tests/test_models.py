@@ -92,6 +92,26 @@ def test_dien_history_encoding_is_candidate_independent():
         torch.testing.assert_close(scores[k : k + 1], single)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_selecting_only_what_the_score_reads_scores_the_same(name):
+    torch.manual_seed(0)
+    model = build_model(name, ModelConfig(n_items=50, n_cats=10)).eval()
+    batch = random_batch()
+    index = torch.tensor([2, 2, 0, 5, 2])
+    targets, cats = torch.tensor([5, 6, 7, 8, 9]), torch.tensor([2, 3, 4, 1, 2])
+    with torch.no_grad():
+        history = model.encode_history(batch.hist_item, batch.hist_cat, batch.lengths)
+        lean = history.select(index, model.score_reads)
+        torch.testing.assert_close(model.score(lean, targets, cats), model.score(history.select(index), targets, cats))
+    unread = {"behaviors", "lengths", "behavior_sum", "states", "evolution_inputs"} - set(model.score_reads)
+    assert all(getattr(lean, field) is None for field in unread), unread
+    if name == "dien":
+        assert "behaviors" in unread  # the [C, T, E] embeddings are never copied per candidate
+        # The AUGRU's projections stay per request: the candidates read them through evolution_rows.
+        assert lean.evolution_inputs.data_ptr() == history.evolution_inputs.data_ptr()
+        assert lean.evolution_rows.tolist() == index.tolist()
+
+
 def test_only_dien_returns_an_auxiliary_loss():
     batch = random_batch()
     for name in MODELS:

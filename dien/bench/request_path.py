@@ -7,13 +7,13 @@ as one scorer replica runs them: no HTTP, no Serve.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from dien.artifacts import load_artifact
+from dien.bench.scoring_cost import best_seconds
 from dien.bench.workload import Workload
 from dien.serve.config import RequestLimits
 from dien.serve.history import UserHistoryStore
@@ -46,16 +46,6 @@ class _Path:
         return score_jobs(self.artifact.model, self.vocabulary, self.artifact.max_len, jobs)
 
 
-def _best_seconds(run: Callable[[], Any], repeats: int) -> float:
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 def _batches(jobs: list[ScoreJob]) -> list[list[ScoreJob]]:
     return [jobs[i:i + BATCH_REQUESTS] for i in range(0, len(jobs), BATCH_REQUESTS)]
 
@@ -69,7 +59,7 @@ def offline_candidates_per_s(model: str | Path, data: str | Path, workload: Work
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        seconds = _best_seconds(lambda: [path.score(batch) for batch in _batches(jobs)], repeats)
+        seconds = best_seconds(lambda: [path.score(batch) for batch in _batches(jobs)], repeats)
     finally:
         torch.set_num_threads(threads)
     return sum(len(j.candidate_items) for j in jobs) / seconds
@@ -99,7 +89,7 @@ def request_path_breakdown(model: str | Path, data: str | Path, workload: Worklo
             "response": lambda: [ScoreResponse(scores=s.tolist(), model=model_ref, history_length=0).model_dump_json()
                                  for s in scores],
         }
-        breakdown = {name: round(_best_seconds(run, repeats) / len(bodies) * 1000, 4) for name, run in steps.items()}
+        breakdown = {name: round(best_seconds(run, repeats) / len(bodies) * 1000, 4) for name, run in steps.items()}
     finally:
         torch.set_num_threads(threads)
     breakdown["total_in_process"] = round(sum(breakdown.values()), 4)
