@@ -34,7 +34,9 @@ demo: setup
 compare: setup
 	$(PYTHON) jobs/compare_models.py --preset demo --out runs/compare
 
-# Serving throughput on an embedded Ray (no-op ceiling, batching on/off, teacher/student, kernels);
+# Serving throughput on an embedded Ray with HAProxy in front (no-op ceiling, Scorer deployment vs scoring in the
+# ingress vs a replica per core, batching on/off, teacher/student, kernels) against plain uvicorn endpoints for our
+# student and DeepCTR-Torch's DIEN, with the offline compute limit;
 # QPS_ARGS=--quick for a short run, QPS_ARGS="--url http://127.0.0.1:8000" for a running deployment.
 benchmark-qps: setup
 	$(PYTHON) jobs/benchmark_qps.py $(QPS_ARGS)

@@ -45,6 +45,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import ray
+import requests
 
 from dien.bench.deploy import LocalServe, Variant, load_config, logical_cpus, variants_config
 from dien.bench.load import LoadResult, LoadSettings, measure
@@ -319,6 +320,16 @@ def _peer_size(candidates: tuple[int, ...]) -> int:
     return max([n for n in candidates if n <= PEER_SIZE] or [min(candidates)])
 
 
+def _warm_up(urls: dict[str, str], workload: Workload, timeout_s: float = 120.0) -> None:
+    """One scoring request to every variant before any is measured: a replica's first request (its handle to the
+    scorer, the first batch) can take longer than a short measurement window."""
+    for name, url in urls.items():
+        answer = requests.post(url.rstrip("/") + "/v1/score", data=workload.bodies[0],
+                               headers={"Content-Type": "application/json"}, timeout=timeout_s)
+        if answer.status_code != 200:
+            raise RuntimeError(f"{name} answered its warm-up request with {answer.status_code}: {answer.text[:300]}")
+
+
 def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any], data: Path,
                       workloads: dict[int, Workload], measured: list[tuple[Variant, bool]], student: Path) -> None:
     peer_size = _peer_size(config.candidates)
@@ -340,6 +351,8 @@ def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any]
             for name, peer in peers:
                 plain.append(PlainServer(peer, port=_free_port()))
                 urls[name], sized[name] = plain[-1].url, False
+
+        _warm_up(urls, workloads[min(config.candidates)])
 
         def measure_each(candidates: int, **load: float) -> None:
             for name, every_size in sized.items():
