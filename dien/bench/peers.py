@@ -69,19 +69,25 @@ def inputs(table: pa.Table, max_len: int, negatives: bool) -> dict[str, np.ndarr
     return features
 
 
-def build(name: str, n_items: int, n_cats: int, max_len: int, config: PeerConfig, seed: int) -> Any:
-    """The DeepCTR-Torch model ``name`` (a key of ``PEERS``), compiled with Adam and binary cross-entropy."""
+def feature_columns(n_items: int, n_cats: int, max_len: int, dim: int, negatives: bool) -> list[Any]:
+    """DeepCTR-Torch's feature columns of our samples: target item and category, their histories (sharing the
+    targets' embeddings) and, with ``negatives``, the sampled negative histories of DIEN's auxiliary loss."""
     from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
-    from deepctr_torch.models import DIEN, DIN
 
-    dim = config.embedding_dim
     columns = [SparseFeat("item_id", n_items, embedding_dim=dim), SparseFeat("cate_id", n_cats, embedding_dim=dim)]
-    sequences = ["hist_item_id", "hist_cate_id"] + (["neg_hist_item_id", "neg_hist_cate_id"] if name == "deepctr_dien"
-                                                    else [])
+    sequences = ["hist_item_id", "hist_cate_id"] + (["neg_hist_item_id", "neg_hist_cate_id"] if negatives else [])
     for sequence in sequences:
         shared, size = ("item_id", n_items) if "item" in sequence else ("cate_id", n_cats)
         columns.append(VarLenSparseFeat(SparseFeat(sequence, size, embedding_dim=dim, embedding_name=shared),
                                         maxlen=max_len, length_name="seq_length"))
+    return columns
+
+
+def build(name: str, n_items: int, n_cats: int, max_len: int, config: PeerConfig, seed: int) -> Any:
+    """The DeepCTR-Torch model ``name`` (a key of ``PEERS``), compiled with Adam and binary cross-entropy."""
+    from deepctr_torch.models import DIEN, DIN
+
+    columns = feature_columns(n_items, n_cats, max_len, config.embedding_dim, negatives=name == "deepctr_dien")
     behaviors = ["item_id", "cate_id"]
     if name == "deepctr_dien":
         model = DIEN(columns, behaviors, gru_type="AUGRU", use_negsampling=True, alpha=config.aux_weight,

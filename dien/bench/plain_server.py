@@ -67,21 +67,17 @@ def _ours(config: PlainServerConfig) -> Scorer:
 
 
 def _deepctr_dien(config: PlainServerConfig) -> Scorer:
-    from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
     from deepctr_torch.models import DIEN
 
+    from dien.bench.peers import PeerConfig, feature_columns
     from dien.serve.scoring import TokenIndex
 
     dataset = DatasetDir(config.history)
     vocab = dataset.vocabularies()
-    max_len, dim = dataset.max_len, 18
-    n_items, n_cats = len(vocab.item), len(vocab.category)
-    columns = [SparseFeat("item_id", n_items, embedding_dim=dim), SparseFeat("cate_id", n_cats, embedding_dim=dim)]
-    for sequence, shared, size in (("hist_item_id", "item_id", n_items), ("hist_cate_id", "cate_id", n_cats)):
-        columns.append(VarLenSparseFeat(SparseFeat(sequence, size, embedding_dim=dim, embedding_name=shared),
-                                        maxlen=max_len, length_name="seq_length"))
+    max_len, peer = dataset.max_len, PeerConfig()
+    columns = feature_columns(len(vocab.item), len(vocab.category), max_len, peer.embedding_dim, negatives=False)
     model = DIEN(columns, ["item_id", "cate_id"], gru_type="AUGRU", use_negsampling=False,
-                 dnn_hidden_units=(200, 80), device="cpu").eval()
+                 dnn_hidden_units=peer.mlp_dims, device="cpu").eval()
     items, cats = TokenIndex(vocab.item), TokenIndex(vocab.category)
 
     def score(candidate_items, candidate_cats, hist_items, hist_cats):

@@ -190,10 +190,11 @@ def score_jobs(model: CTRModel, vocabulary: ModelVocabulary, max_len: int, jobs:
     encoded = [_encode_job(vocabulary, job, max_len, category_conflict) for job in jobs]
     distinct: dict[tuple[bytes, bytes], int] = {}
     histories: list[_EncodedJob] = []
-    for e in encoded:
-        if distinct.setdefault((e.hist_item.tobytes(), e.hist_cat.tobytes()), len(distinct)) == len(histories):
+    history_of = np.empty(len(encoded), dtype=np.int64)
+    for i, e in enumerate(encoded):
+        history_of[i] = distinct.setdefault((e.hist_item.tobytes(), e.hist_cat.tobytes()), len(distinct))
+        if history_of[i] == len(histories):
             histories.append(e)
-    history_of = np.array([distinct[e.hist_item.tobytes(), e.hist_cat.tobytes()] for e in encoded], dtype=np.int64)
     lengths = np.array([len(e.hist_item) for e in histories], dtype=np.int64)
     hist_item, hist_cat = _padded([e.hist_item for e in histories]), _padded([e.hist_cat for e in histories])
     counts = np.array([len(job.candidate_items) for job in jobs], dtype=np.int64)
