@@ -2,14 +2,18 @@
 
 ``backend=None`` picks the fastest backend for the tensors' device: ``triton`` for CUDA tensors when Triton
 imports, else ``cpu`` (plain PyTorch with a hand-written backward, which also runs on CUDA tensors). The
-``DIEN_KERNEL`` environment variable overrides the choice for every call. Triton is imported on first use only:
+``DIEN_KERNEL`` environment variable overrides the choice for every call, and :func:`use_backend` overrides both
+inside a block (tracing for export needs the reference's plain tensor ops). Triton is imported on first use only:
 it is optional, slow to import, and ``TRITON_INTERPRET`` must be set before its kernels are defined.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from contextvars import ContextVar
 from types import ModuleType
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -17,6 +21,8 @@ from torch import Tensor
 from dien.kernels import cpu, reference
 
 BACKENDS = ("reference", "cpu", "triton")
+
+_BLOCK_BACKEND: ContextVar[str | None] = ContextVar("dien_kernel_backend", default=None)
 
 
 @functools.cache
@@ -39,9 +45,23 @@ def available_backends() -> tuple[str, ...]:
     return BACKENDS if runs_triton else ("reference", "cpu")
 
 
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Every recurrence called inside the block runs on backend ``name``, whatever ``DIEN_KERNEL`` or the call
+    says (e.g. ``reference`` while ``torch.export`` traces a model: the fast backends are opaque Functions)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    token = _BLOCK_BACKEND.set(name)
+    try:
+        yield
+    finally:
+        _BLOCK_BACKEND.reset(token)
+
+
 def resolve_backend(device_type: str, backend: str | None = None) -> str:
-    """The backend to run on ``device_type`` ("cpu" or "cuda"), honouring ``DIEN_KERNEL``."""
-    chosen = os.environ.get("DIEN_KERNEL") or backend
+    """The backend to run on ``device_type`` ("cpu" or "cuda"), honouring :func:`use_backend`, then
+    ``DIEN_KERNEL``."""
+    chosen = _BLOCK_BACKEND.get() or os.environ.get("DIEN_KERNEL") or backend
     if chosen is None:
         return "triton" if device_type == "cuda" and _triton_backend() is not None else "cpu"
     if chosen not in BACKENDS:
