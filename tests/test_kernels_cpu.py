@@ -83,11 +83,11 @@ def test_gradcheck():
     case = make_inputs(3, 5, 2, 3, with_h0=True, dtype=torch.float64, seed=4)
     gi = torch.randn(3, 5, 9, dtype=torch.float64, requires_grad=True)
     args = (gi, case.att, case.lengths, case.weight_hh, case.bias_hh, case.h0)
-    assert torch.autograd.gradcheck(cpu.ProjectedRecurrence.apply, args)
-    assert torch.autograd.gradcheck(cpu.ProjectedRecurrence.apply, (gi, None) + args[2:])
-    # A time-major gi (what cpu.project returns) is read without a copy.
+    assert torch.autograd.gradcheck(cpu.augru_projected, args)
+    assert torch.autograd.gradcheck(cpu.gru_projected, (gi,) + args[2:])
+    # A time-major gi (what cpu.project returns) is packed from its own layout.
     time_major = gi.detach().transpose(0, 1).contiguous().requires_grad_()
-    assert torch.autograd.gradcheck(cpu.ProjectedRecurrence.apply, (time_major.transpose(0, 1),) + args[1:])
+    assert torch.autograd.gradcheck(cpu.augru_projected, (time_major.transpose(0, 1),) + args[1:])
 
 
 def test_default_backend_follows_the_device(monkeypatch):

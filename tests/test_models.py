@@ -57,6 +57,34 @@ def test_auxiliary_loss_is_a_mean_over_valid_pairs_only():
     assert empty.item() == 0.0
 
 
+def test_auxiliary_loss_equals_the_paper_formula_on_concatenated_inputs():
+    """Eq. 6-7 written out: the auxiliary MLP on concat(h_t, e_{t+1}) for every valid pair, through DIEN's own
+    path (only the pairs' negatives embedded, the first layer's h part shared by the clicked and the sampled)."""
+    torch.manual_seed(0)
+    model = build_model("dien", ModelConfig(50, 10, item_dim=3, cat_dim=2, hidden=5)).train()
+    batch = random_batch()
+    history = model.encode_history(batch.hist_item, batch.hist_cat, batch.lengths)
+    negatives = model.embedding(batch.neg_hist_item, batch.neg_hist_cat)
+    terms = []
+    for b, length in enumerate(batch.lengths.tolist()):
+        for t in range(length - 1):
+            h = history.states[b, t]
+            clicked = model.extractor.aux_net(torch.cat([h, history.behaviors[b, t + 1]]).unsqueeze(0))
+            sampled = model.extractor.aux_net(torch.cat([h, negatives[b, t + 1]]).unsqueeze(0))
+            terms.append(-torch.log(torch.sigmoid(clicked)) - torch.log(1 - torch.sigmoid(sampled)))
+    expected = torch.cat(terms).mean()
+    loss = model.auxiliary_loss(history, batch)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(model.extractor.auxiliary_loss(history.states, history.behaviors, negatives,
+                                                              batch.lengths), expected)
+    grads = torch.autograd.grad(loss, [model.extractor.aux_net.layers[0].weight, model.embedding.items.weight],
+                                retain_graph=True)
+    expected_grads = torch.autograd.grad(expected, [model.extractor.aux_net.layers[0].weight,
+                                                    model.embedding.items.weight])
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+
+
 def test_changing_a_negative_changes_the_auxiliary_loss():
     torch.manual_seed(0)
     # N(0, 1) embeddings: with the default small ones a changed negative moves the loss by a few 1e-7 only.

@@ -1,17 +1,18 @@
 """CPU backend: the GRU/AUGRU recurrence as one ``torch.autograd.Function`` with a hand-written backward.
 
-Forward: the input projections of all steps are one matmul before the time loop; each step is one GEMM for the
-three recurrent gates and the fused gate math, which saves r, z, n and ``W_hn h + b_hn`` for the backward.
-Every row runs all T steps: sequences are left-aligned, so the steps after a row's length change neither its
-outputs (masked afterwards) nor its last state (gathered at its length), and the loop needs no masking.
-Backward: a reverse-time loop, one GEMM a step (``dh_{t-1} = dh_t (1 - u_t) + dG_t W_hh``) plus the gate
-derivatives from the saved gates; the weight gradients are then one matmul each over all ``T * B`` rows. The
-Function starts at the input projections (``*_projected``: a server computes them once per request and shares
-them across candidates); ``gru``/``augru`` put the projection's matmul in front, and autograd differentiates it.
+The recurrence runs over packed sequences (:class:`Packing`): the batch's rows sorted by length, longest first,
+and only their valid steps, step-major, so step t holds the rows still running and a batch costs its total
+length, not rows x T (a batch of lengths uniform in 1..T is half padding). ``gru``/``augru`` pack the inputs and
+project only the valid steps (one matmul); ``*_projected`` pack given projections (a server computes them once
+per request and shares them across candidates). The outputs come back in the batch's own order and layout.
+Forward: per step one GEMM for the running rows' three recurrent gates and the fused gate math, which saves
+r, z, n and ``W_hn h + b_hn`` for the backward. Backward: a reverse-time loop, one GEMM a step
+(``dh_{t-1} = dh_t (1 - u_t) + dG_t W_hh``) plus the gate derivatives from the saved gates; the weight
+gradients are then one matmul each over all packed rows.
 
 The two time loops run in a C++ extension (``cpu_recurrence.cpp``: the gate math fused into one pass, rows split
-across the intra-op threads) when ``make setup`` has built it (``python -m dien.kernels.cpu --build``), and as
-PyTorch loops otherwise (no compiler, float64, non-CPU tensors).
+across the intra-op threads in ranges of equal total length) when ``make setup`` has built it (``python -m
+dien.kernels.cpu --build``), and as PyTorch loops otherwise (no compiler, float64, non-CPU tensors).
 
 Measured by ``jobs/bench_kernels.py --quick`` on the 2-core development machine (torch 2.13 CPU; B=128, T=100,
 I=H=36, random lengths, fp32, 2 threads, best of 3 rounds; ``runs/bench_kernels_quick.json``), and again with
@@ -20,14 +21,15 @@ I=H=36, random lengths, fp32, 2 threads, best of 3 rounds; ``runs/bench_kernels_
 same run, and DIEN training end to end:
 
     backend                          GRU    AUGRU   DIEN training, samples/s
-    this Function, C++ loops         5.6x   5.8x    1,898 (reference 469)
-    this Function, PyTorch loops     2.7x   1.9x    1,482 (reference 527)
-    nn.GRU (oneDNN), padded input    2.3x   n/a
+    this Function, C++ loops         5.9x   6.6x    2,204 (reference 400)
+    this Function, PyTorch loops     2.7x   2.3x    1,521 (reference 366)
+    nn.GRU (oneDNN), padded input    2.5x   n/a
 
-Both loop versions do the same GEMMs; what the PyTorch loops add is ~10 small elementwise calls a step plus the
-vectorized gate-derivative pass of the backward, which the C++ pass replaces. The C++ loops build in under a
-minute with g++ and ninja, and loading them never compiles, so an unbuilt extension only means the slower
-loops; the tests run both.
+(This machine's rates drift by up to 30% between runs; the ratios within a run less.) Both loop versions do the
+same GEMMs; what the PyTorch loops add is ~10 small elementwise calls a step plus the vectorized
+gate-derivative pass of the backward, which the C++ pass replaces. The C++ loops build in under a minute with
+g++ and ninja, and loading them never compiles, so an unbuilt extension only means the slower loops; the tests
+run both.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import importlib.util
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -111,148 +114,173 @@ def _uses_extension(tensor: Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and _extension() is not None
 
 
-def _forward_loop(gi: Tensor, att: Tensor | None, h0: Tensor, weight_hh: Tensor,
-                  bias_hh: Tensor) -> tuple[Tensor, Tensor]:
-    """All steps of the recurrence.
+@dataclass(frozen=True)
+class Packing:
+    """A batch's valid steps as packed rows: rows sorted by length, longest first, then step-major, so step t
+    holds ``batch_sizes[t]`` rows, the running rows of step t - 1 that are still running, in the same order."""
 
-    gi [T, B, 3H]: input projections (b_ih included); att [T, B] or None (GRU); h0 [B, H].
-    Returns states [T + 1, B, H] (states[t] is the state before step t) and gates [T, B, 4H]: r, z, n and
-    ``W_hn h + b_hn`` of every step.
+    order: Tensor
+    """[B] the batch's rows, longest first (stable); sorted row i is row order[i]."""
+    inverse: Tensor
+    """[B] where each row went: inverse[order[i]] = i."""
+    lengths: Tensor
+    """[B] int64 sorted lengths, clamped to [0, T]."""
+    batch_sizes: Tensor
+    """[T] int64 on the CPU: rows running at each step."""
+    batch_major: Tensor
+    """[N] packed row k is element b * T + t of a [B, T] layout."""
+    time_major: Tensor
+    """[N] the same element in a [T, B] layout: t * B + b."""
+    last: Tensor
+    """[B] the packed row of each sorted row's last step (0 for an empty row)."""
+
+    @staticmethod
+    def of(lengths: Tensor, batch: int, steps: int, device: torch.device) -> "Packing":
+        lengths = lengths.to(device=device, dtype=torch.int64).clamp(0, steps)
+        sorted_lengths, order = lengths.sort(descending=True, stable=True)
+        running = torch.arange(steps, device=device).unsqueeze(1) < sorted_lengths.unsqueeze(0)  # [T, B]
+        step, rank = running.nonzero(as_tuple=True)  # step-major, rank ascending within a step
+        row = order[rank]
+        sizes = running.sum(1)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        rows = torch.arange(batch, device=device)
+        last = offsets[(sorted_lengths - 1).clamp(min=0)] + rows if steps else torch.zeros_like(rows)
+        inverse = torch.empty_like(order).scatter_(0, order, rows)
+        return Packing(order, inverse, sorted_lengths, sizes.cpu(), row * steps + step, step * batch + row, last)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """x [B, T, F] -> its packed rows [N, F]; a time-major x (what :func:`project` returns) is read in place."""
+        if x.transpose(0, 1).is_contiguous():
+            return x.transpose(0, 1).reshape(-1, x.shape[2]).index_select(0, self.time_major)
+        return x.reshape(-1, x.shape[2]).index_select(0, self.batch_major)
+
+
+def _forward_loop(gi: Tensor, att: Tensor | None, batch_sizes: Tensor, h0: Tensor, weight_hh: Tensor,
+                  bias_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """All steps of the recurrence over packed rows.
+
+    gi [N, 3H]: packed input projections (b_ih included); att [N] or None (GRU); batch_sizes [T]; h0 [B, H] in
+    sorted row order. Returns out [N, H] (the state after each packed step), prev [N, H] (the state before it)
+    and gates [N, 4H]: r, z, n and ``W_hn h + b_hn`` of every packed step.
     """
     if _uses_extension(gi):
-        return tuple(_extension().forward(gi, gi.new_empty(0) if att is None else att, h0, weight_hh, bias_hh))
-    steps, batch, _ = gi.shape
-    hidden = weight_hh.shape[1]
-    gi = gi.view(steps, batch, 3, hidden)
-    gates = gi.new_empty(steps, batch, 4, hidden)
-    states = gi.new_empty(steps + 1, batch, hidden)
-    states[0] = h0
-    gh = gi.new_empty(batch, 3, hidden)
+        return tuple(_extension().forward(gi, gi.new_empty(0) if att is None else att, batch_sizes, h0, weight_hh,
+                                          bias_hh))
+    rows, hidden = gi.shape[0], weight_hh.shape[1]
+    gi = gi.view(rows, 3, hidden)
+    gates = gi.new_empty(rows, 4, hidden)
+    out, prev = gi.new_empty(rows, hidden), gi.new_empty(rows, hidden)
+    gh = gi.new_empty(h0.shape[0], 3, hidden)
     weight_hh_t = weight_hh.t()
-    # Per-step views made once: indexing inside the loop would cost about as much as the step's arithmetic.
-    per_step = zip(gi[:, :, :2].unbind(0), gi[:, :, 2].unbind(0), gates[:, :, :2].unbind(0),
-                   gates[:, :, 0].unbind(0), gates[:, :, 1].unbind(0), gates[:, :, 2].unbind(0),
-                   gates[:, :, 3].unbind(0), states[1:].unbind(0),
-                   [None] * steps if att is None else att.unsqueeze(2).unbind(0))
-    h = states[0]
-    for gi_rz, gi_n, rz, r, z, n, hn, state, a in per_step:
-        torch.addmm(bias_hh, h, weight_hh_t, out=gh.view(batch, 3 * hidden))
-        torch.add(gi_rz, gh[:, :2], out=rz).sigmoid_()
-        hn.copy_(gh[:, 2])
+    sizes = batch_sizes.tolist()
+    # Per-step views made once: slicing inside the loop would cost about as much as the step's arithmetic.
+    per_step = zip(sizes, gi[:, :2].split(sizes), gi[:, 2].split(sizes), gates[:, :2].split(sizes),
+                   gates[:, 0].split(sizes), gates[:, 1].split(sizes), gates[:, 2].split(sizes),
+                   gates[:, 3].split(sizes), out.split(sizes), prev.split(sizes),
+                   [None] * len(sizes) if att is None else att.unsqueeze(1).split(sizes))
+    h = h0
+    for size, gi_rz, gi_n, rz, r, z, n, hn, state, before, a in per_step:
+        h = before.copy_(h[:size])
+        gh_t = gh[:size]
+        torch.addmm(bias_hh, h, weight_hh_t, out=gh_t.view(size, 3 * hidden))
+        torch.add(gi_rz, gh_t[:, :2], out=rz).sigmoid_()
+        hn.copy_(gh_t[:, 2])
         torch.addcmul(gi_n, r, hn, out=n).tanh_()
         if a is None:
             h = torch.lerp(n, h, z, out=state)  # (1 - z) n + z h
         else:
             h = torch.lerp(h, n, torch.addcmul(a, a, z, value=-1), out=state)  # u = a (1 - z)
-    return states, gates.view(steps, batch, 4 * hidden)
+    return out, prev, gates.view(rows, 4 * hidden)
 
 
-def _backward_loop(gates: Tensor, states: Tensor, att: Tensor | None, injected: Tensor,
-                   weight_hh: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """All steps of the backward.
+def _backward_loop(gates: Tensor, prev: Tensor, att: Tensor | None, batch_sizes: Tensor, grad_out: Tensor,
+                   weight_hh: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """All steps of the backward over packed rows.
 
-    gates, states: from :func:`_forward_loop`; injected [T, B, H]: what the outputs send to the state after
-    each step. Returns the gradients of the hidden projections [T, B, 3H], of the input projection of n
-    [T, B, H] (those of r and z equal the hidden ones), of att [T, B] (None for the GRU) and of h0 [B, H].
+    gates, prev: from :func:`_forward_loop`; grad_out [N, H]: the gradient of out. Returns the gradients of the
+    hidden projections [N, 3H], of the input projection of n [N, H] (those of r and z equal the hidden ones),
+    of att [N] (None for the GRU) and of h0 [B, H].
     """
     if _uses_extension(gates):
         grad_gh, grad_gi_n, grad_att, grad_h0 = _extension().backward(
-            gates, states, gates.new_empty(0) if att is None else att, injected, weight_hh)
+            gates, prev, gates.new_empty(0) if att is None else att, batch_sizes, grad_out, weight_hh, batch)
         return grad_gh, grad_gi_n, None if att is None else grad_att, grad_h0
-    steps, batch, _ = injected.shape
-    hidden = weight_hh.shape[1]
-    r, z, n, hn = gates.view(steps, batch, 4, hidden).unbind(2)
-    diff = n - states[:-1]
-    a = None if att is None else att.unsqueeze(2)
+    rows, hidden = prev.shape
+    r, z, n, hn = gates.view(rows, 4, hidden).unbind(1)
+    diff = n - prev
+    a = None if att is None else att.unsqueeze(1)
     update = 1 - z if a is None else a * (1 - z)
     d_n = update * (1 - n * n)  # d(pre-activation of n) / dh_t
     # Every gate gradient is linear in dh_t: dG_h = dh_t * coef (gate order r, z, n).
-    coef = gates.new_empty(steps, batch, 3, hidden)
-    torch.mul(d_n * hn, r * (1 - r), out=coef[:, :, 0])
-    torch.mul(diff if a is None else a * diff, z * (z - 1), out=coef[:, :, 1])
-    torch.mul(d_n, r, out=coef[:, :, 2])
+    coef = torch.stack([d_n * hn * r * (1 - r), (diff if a is None else a * diff) * z * (z - 1), d_n * r], dim=1)
     keep = 1 - update
-
-    grad_gh = gates.new_empty(steps, batch, 3, hidden)
-    dstate = torch.empty_like(injected)  # total gradient of the state after step t
-    per_step = list(zip(dstate.unbind(0), grad_gh.unbind(0), grad_gh.view(steps, batch, 3 * hidden).unbind(0),
-                        coef.unbind(0), keep.unbind(0), injected.unbind(0)))
-    grad_h0 = injected.new_zeros(batch, hidden)
-    if steps:
-        dh = dstate[-1].copy_(injected[-1])
-    for t in range(steps - 1, -1, -1):
-        _, grad_t, grad_flat, coef_t, keep_t, _ = per_step[t]
-        torch.mul(dh.unsqueeze(1), coef_t, out=grad_t)
-        if t:
-            dstate_before, *_, injected_before = per_step[t - 1]
-            dh = torch.addmm(torch.addcmul(injected_before, dh, keep_t), grad_flat, weight_hh, out=dstate_before)
-        else:
-            grad_h0 = torch.addmm(dh * keep_t, grad_flat, weight_hh)
-    grad_att = None if a is None else (dstate * diff * (1 - z)).sum(2)
-    return grad_gh.view(steps, batch, 3 * hidden), dstate * d_n, grad_att, grad_h0
+    grad_gh = gates.new_empty(rows, 3, hidden)
+    dstate = torch.empty_like(grad_out)  # total gradient of the state after each packed step
+    dh = grad_out.new_zeros(batch, hidden)  # per sorted row, from later steps; zero before its last step
+    sizes = batch_sizes.tolist()
+    per_step = list(zip(sizes, dstate.split(sizes), grad_gh.split(sizes), coef.split(sizes), keep.split(sizes),
+                        grad_out.split(sizes)))
+    for size, d, grad_t, coef_t, keep_t, injected in reversed(per_step):
+        later = dh[:size]
+        torch.add(later, injected, out=d)
+        torch.mul(d.unsqueeze(1), coef_t, out=grad_t)
+        torch.addmm(d * keep_t, grad_t.view(size, 3 * hidden), weight_hh, out=later)
+    grad_att = None if a is None else (dstate * diff * (1 - z)).sum(1)
+    return grad_gh.view(rows, 3 * hidden), dstate * d_n, grad_att, dh
 
 
-class ProjectedRecurrence(torch.autograd.Function):
-    """``(out [B, T, H], h_last [B, H])`` of the GRU (``att`` None) or the AUGRU from the input projections
-    ``gi = x W_ih^T + b_ih`` [B, T, 3H], see module docstring.
-
-    Internally time-major ([T, B, ...]) so that every step reads and writes contiguous [B, ...] blocks; a ``gi``
-    that is the transpose of a time-major tensor (what :func:`project` returns) is used without a copy.
-    """
+class PackedRecurrence(torch.autograd.Function):
+    """The states ``out`` [N, H] of the GRU (``att`` None) or the AUGRU over packed rows (:class:`Packing`) from
+    their input projections ``gi = x W_ih^T + b_ih`` [N, 3H]; h0 [B, H] in sorted row order. See the module
+    docstring."""
 
     @staticmethod
-    def forward(ctx, gi: Tensor, att: Tensor | None, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
-                h0: Tensor | None) -> tuple[Tensor, Tensor]:
-        batch, steps, _ = gi.shape
-        hidden = weight_hh.shape[1]
-        lengths = lengths.to(gi.device)
-        gi_steps = gi.transpose(0, 1).contiguous()
-        att_steps = None if att is None else att.t().contiguous()
-        h_init = gi.new_zeros(batch, hidden) if h0 is None else h0.contiguous()
+    def forward(ctx, gi: Tensor, att: Tensor | None, batch_sizes: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                h0: Tensor) -> Tensor:
         weight_hh = weight_hh.contiguous()
-        states, gates = _forward_loop(gi_steps, att_steps, h_init, weight_hh, bias_hh.contiguous())
-
-        valid = torch.arange(steps, device=gi.device).unsqueeze(1) < lengths.unsqueeze(0)  # [T, B]
-        out = torch.where(valid.t().unsqueeze(2), states[1:].transpose(0, 1), 0).contiguous()
-        h_last = states[lengths, torch.arange(batch, device=gi.device)]
-        ctx.set_materialize_grads(False)
-        ctx.has_h0 = h0 is not None
-        ctx.save_for_backward(att_steps, lengths, valid, weight_hh, gates, states)
-        return out, h_last
+        att = None if att is None else att.contiguous()
+        out, prev, gates = _forward_loop(gi.contiguous(), att, batch_sizes, h0.contiguous(), weight_hh,
+                                         bias_hh.contiguous())
+        ctx.save_for_backward(att, batch_sizes, weight_hh, gates, prev)
+        ctx.batch = h0.shape[0]
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor | None, grad_h_last: Tensor | None):
-        att_steps, lengths, valid, weight_hh, gates, states = ctx.saved_tensors
-        steps, batch, hidden = states.shape[0] - 1, states.shape[1], states.shape[2]
+    def backward(ctx, grad_out: Tensor):
+        att, batch_sizes, weight_hh, gates, prev = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        # The outputs reach each state through out at valid steps and through h_last at the row's last valid
-        # step (an empty row's h_last is h0 itself); nothing reaches the steps after a row's length.
-        if grad_out is None:
-            injected = states.new_zeros(steps, batch, hidden)
-        else:
-            injected = (grad_out.transpose(0, 1) * valid.unsqueeze(2)).contiguous()
-        rows = torch.arange(batch, device=states.device)
-        if grad_h_last is not None and steps:
-            injected.index_put_(((lengths - 1).clamp(min=0), rows), grad_h_last * (lengths > 0).unsqueeze(1),
-                                accumulate=True)
-        grad_gh, grad_gi_n, grad_att, grad_h0 = _backward_loop(gates, states, att_steps, injected, weight_hh)
+        grad_gh, grad_gi_n, grad_att, grad_h0 = _backward_loop(gates, prev, att, batch_sizes, grad_out.contiguous(),
+                                                               weight_hh, ctx.batch)
+        hidden = prev.shape[1]
+        grad_weight_hh = grad_gh.t() @ prev if needs[3] else None
+        grad_bias_hh = grad_gh.sum(0) if needs[4] else None
+        grad_gh[:, 2 * hidden:] = grad_gi_n  # now the input projections' gradient
+        return (grad_gh if needs[0] else None, grad_att if needs[1] else None, None, grad_weight_hh, grad_bias_hh,
+                grad_h0 if needs[5] else None)
 
-        flat = grad_gh.view(steps * batch, 3 * hidden)
-        grad_weight_hh = flat.t() @ states[:-1].reshape(steps * batch, hidden) if needs[3] else None
-        grad_bias_hh = flat.sum(0) if needs[4] else None
-        grad_gh.view(steps, batch, 3, hidden)[:, :, 2] = grad_gi_n  # now the input projections' gradient
-        grad_gi = grad_gh.transpose(0, 1) if needs[0] else None
-        grad_att = grad_att.t() if grad_att is not None and needs[1] else None
-        if not (ctx.has_h0 and needs[5]):
-            grad_h0 = None
-        elif grad_h_last is not None:
-            grad_h0 = grad_h0 + grad_h_last * (lengths == 0).unsqueeze(1)
-        return grad_gi, grad_att, None, grad_weight_hh, grad_bias_hh, grad_h0
+
+def _run_packed(gi: Tensor, att: Tensor | None, packing: Packing, batch: int, steps: int, weight_hh: Tensor,
+                bias_hh: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The recurrence over packed projections gi [N, 3H] (att [N] or None), back in the batch's layout:
+    out [B, T, H] (zero at padded steps) and h_last [B, H]."""
+    hidden = weight_hh.shape[1]
+    h0_sorted = gi.new_zeros(batch, hidden) if h0 is None else h0.index_select(0, packing.order)
+    out = PackedRecurrence.apply(gi, att, packing.batch_sizes, weight_hh, bias_hh, h0_sorted)
+    if out.shape[0]:
+        h_last = torch.where((packing.lengths > 0).unsqueeze(1), out.index_select(0, packing.last), h0_sorted)
+    else:
+        h_last = h0_sorted
+    padded = out.new_zeros(batch * steps, hidden).index_copy(0, packing.batch_major, out)
+    return padded.view(batch, steps, hidden), h_last.index_select(0, packing.inverse)
+
+
+def _packed_attention(att: Tensor, packing: Packing) -> Tensor:
+    return att.reshape(-1).index_select(0, packing.batch_major)
 
 
 def project(x: Tensor, weight_ih: Tensor, bias_ih: Tensor) -> Tensor:
     """The input projections ``x W_ih^T + b_ih`` of all steps, [B, T, 3H], as a view of a time-major tensor:
-    one matmul, and :class:`ProjectedRecurrence` reads it without a copy."""
+    one matmul, and :meth:`Packing.gather` reads it without a copy."""
     batch, steps, inputs = x.shape
     x_steps = x.transpose(0, 1).reshape(steps * batch, inputs)
     return torch.addmm(bias_ih, x_steps, weight_ih.t()).view(steps, batch, weight_ih.shape[0]).transpose(0, 1)
@@ -260,26 +288,38 @@ def project(x: Tensor, weight_ih: Tensor, bias_ih: Tensor) -> Tensor:
 
 def gru(x: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor,
         h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """GRU over left-aligned sequences; shapes as :func:`dien.kernels.reference.recurrence`."""
-    return ProjectedRecurrence.apply(project(x, weight_ih, bias_ih), None, lengths, weight_hh, bias_hh, h0)
+    """GRU over left-aligned sequences; shapes as :func:`dien.kernels.reference.recurrence`. Only the valid
+    steps are projected and run."""
+    batch, steps, _ = x.shape
+    packing = Packing.of(lengths, batch, steps, x.device)
+    gi = torch.addmm(bias_ih, packing.gather(x), weight_ih.t())
+    return _run_packed(gi, None, packing, batch, steps, weight_hh, bias_hh, h0)
 
 
 def augru(x: Tensor, att: Tensor, lengths: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
           bias_hh: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """AUGRU (paper Eq. 11-12); ``att`` [B, T]."""
-    return ProjectedRecurrence.apply(project(x, weight_ih, bias_ih), att, lengths, weight_hh, bias_hh, h0)
+    batch, steps, _ = x.shape
+    packing = Packing.of(lengths, batch, steps, x.device)
+    gi = torch.addmm(bias_ih, packing.gather(x), weight_ih.t())
+    return _run_packed(gi, _packed_attention(att, packing), packing, batch, steps, weight_hh, bias_hh, h0)
 
 
 def gru_projected(gi: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
                   h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """GRU from input projections gi [B, T, 3H] (e.g. from :func:`project`, or computed once and shared)."""
-    return ProjectedRecurrence.apply(gi, None, lengths, weight_hh, bias_hh, h0)
+    batch, steps, _ = gi.shape
+    packing = Packing.of(lengths, batch, steps, gi.device)
+    return _run_packed(packing.gather(gi), None, packing, batch, steps, weight_hh, bias_hh, h0)
 
 
 def augru_projected(gi: Tensor, att: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
                     h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """AUGRU from input projections gi [B, T, 3H]; ``att`` [B, T]."""
-    return ProjectedRecurrence.apply(gi, att, lengths, weight_hh, bias_hh, h0)
+    batch, steps, _ = gi.shape
+    packing = Packing.of(lengths, batch, steps, gi.device)
+    return _run_packed(packing.gather(gi), _packed_attention(att, packing), packing, batch, steps, weight_hh,
+                       bias_hh, h0)
 
 
 def augru_last(gi: Tensor, att: Tensor, lengths: Tensor, weight_hh: Tensor, bias_hh: Tensor,
@@ -300,7 +340,7 @@ def augru_last(gi: Tensor, att: Tensor, lengths: Tensor, weight_hh: Tensor, bias
                                          gi.new_empty(0) if h0 is None else h0.contiguous(),
                                          weight_hh.contiguous(), bias_hh.contiguous())
     gathered = gi if rows is None else gi.index_select(0, rows)
-    return ProjectedRecurrence.apply(gathered, att, lengths, weight_hh, bias_hh, h0)[1]
+    return augru_projected(gathered, att, lengths, weight_hh, bias_hh, h0)[1]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-// The time loops of the CPU backend (dien/kernels/cpu.py), fused: per step one GEMM for the three recurrent gates
-// and one pass over [rows, H] for all the gate math. Rows are split across the intra-op threads, each running
-// its own rows through all steps, so the loops synchronize nothing. float32, contiguous tensors.
+// The time loops of the CPU backend (dien/kernels/cpu.py), fused, over packed sequences: rows sorted by length,
+// longest first, and step t holding only the batch_sizes[t] rows still running, so a batch costs its total length,
+// not rows x T. Per step one GEMM for the running rows' three recurrent gates and one pass for all the gate math.
+// Rows are split across the intra-op threads in contiguous ranges of equal total length, each thread running its
+// rows through all their steps, so the loops synchronize nothing. float32, contiguous tensors.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -15,117 +17,168 @@ constexpr int64_t kRowGrain = 16;
 
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 
+// Packed row of (step t, sorted row 0) for every t: offsets[t] = batch_sizes[0] + ... + batch_sizes[t - 1].
+std::vector<int64_t> step_offsets(const at::Tensor& batch_sizes) {
+  const int64_t T = batch_sizes.size(0);
+  const int64_t* sizes = batch_sizes.data_ptr<int64_t>();
+  std::vector<int64_t> offsets(T + 1, 0);
+  for (int64_t t = 0; t < T; ++t) offsets[t + 1] = offsets[t] + sizes[t];
+  return offsets;
+}
+
+// Bounds of `parts` contiguous row ranges of about equal total length (rows sorted longest first), each at least
+// kRowGrain rows where there are enough: bounds[p] .. bounds[p + 1] is part p.
+std::vector<int64_t> balanced_rows(const at::Tensor& batch_sizes, int64_t rows) {
+  const int64_t T = batch_sizes.size(0);
+  const int64_t* sizes = batch_sizes.data_ptr<int64_t>();
+  std::vector<int64_t> length(rows, 0);  // row i runs the steps t with sizes[t] > i
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < sizes[t]; ++i) ++length[i];
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / kRowGrain));
+  int64_t total = 0;
+  for (int64_t i = 0; i < rows; ++i) total += length[i];
+  std::vector<int64_t> bounds{0};
+  int64_t seen = 0;
+  for (int64_t i = 0; i < rows && static_cast<int64_t>(bounds.size()) < parts; ++i) {
+    seen += length[i];
+    if (seen * parts >= total * static_cast<int64_t>(bounds.size()) && i + 1 - bounds.back() >= kRowGrain)
+      bounds.push_back(i + 1);
+  }
+  bounds.push_back(rows);
+  return bounds;
+}
+
 }  // namespace
 
-// gi [T, B, 3H]: input projections (b_ih included); att [T, B], or empty for the GRU; h0 [B, H];
-// w_hh [3H, H]; b_hh [3H].
-// Returns states [T + 1, B, H] (states[t] is the state before step t) and gates [T, B, 4H]: r, z, n and
-// W_hn h + b_hn of every step.
-std::vector<at::Tensor> forward(const at::Tensor& gi, const at::Tensor& att, const at::Tensor& h0,
-                                const at::Tensor& w_hh, const at::Tensor& b_hh) {
-  const int64_t T = gi.size(0), B = gi.size(1), H3 = gi.size(2), H = H3 / 3;
-  auto states = at::empty({T + 1, B, H}, gi.options());
-  auto gates = at::empty({T, B, 4 * H}, gi.options());
-  states[0].copy_(h0);
+// gi [N, 3H]: packed input projections (b_ih included); att [N], or empty for the GRU; batch_sizes [T] int64;
+// h0 [B, H] in sorted row order; w_hh [3H, H]; b_hh [3H].
+// Returns out [N, H] (the state after each packed step), prev [N, H] (the state before it) and gates [N, 4H]:
+// r, z, n and W_hn h + b_hn of every packed step.
+std::vector<at::Tensor> forward(const at::Tensor& gi, const at::Tensor& att, const at::Tensor& batch_sizes,
+                                const at::Tensor& h0, const at::Tensor& w_hh, const at::Tensor& b_hh) {
+  const int64_t N = gi.size(0), H3 = gi.size(1), H = H3 / 3, B = h0.size(0), T = batch_sizes.size(0);
+  auto out = at::empty({N, H}, gi.options());
+  auto prev = at::empty({N, H}, gi.options());
+  auto gates = at::empty({N, 4 * H}, gi.options());
+  const std::vector<int64_t> offsets = step_offsets(batch_sizes);
+  const std::vector<int64_t> bounds = balanced_rows(batch_sizes, B);
+  const int64_t* sizes = batch_sizes.data_ptr<int64_t>();
   const bool has_att = att.numel() > 0;
   const at::Tensor w_t = w_hh.t();
   const float* bias = b_hh.data_ptr<float>();
   const float* gi_data = gi.data_ptr<float>();
   const float* att_data = has_att ? att.data_ptr<float>() : nullptr;
-  float* states_data = states.data_ptr<float>();
+  float* out_data = out.data_ptr<float>();
+  float* prev_data = prev.data_ptr<float>();
   float* gates_data = gates.data_ptr<float>();
-  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t p0, int64_t p1) {
     at::NoGradGuard no_grad;  // grad mode is thread-local, and the pool's threads have it on
-    const int64_t rows = b1 - b0;
-    auto gh = at::empty({rows, H3}, gi.options());
-    const float* gh_data = gh.data_ptr<float>();
-    for (int64_t t = 0; t < T; ++t) {
-      at::mm_out(gh, states[t].narrow(0, b0, rows), w_t);
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t row = t * B + b0 + i;
-        const float* x = gi_data + row * H3;
-        const float* g = gh_data + i * H3;
-        const float* h = states_data + row * H;
-        float* h_next = states_data + (row + B) * H;
-        float* saved = gates_data + row * 4 * H;
-        // AUGRU: u = a (1 - z); the GRU is a = 1. Steps past a row's length run too: they change neither its
-        // outputs nor its last state (sequences are left-aligned), and the caller masks and gathers those.
-        const float a = has_att ? att_data[row] : 1.f;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t r0 = bounds[p], r1 = bounds[p + 1];
+      auto gh = at::empty({r1 - r0, H3}, gi.options());
+      const float* gh_data = gh.data_ptr<float>();
+      for (int64_t t = 0; t < T && sizes[t] > r0; ++t) {
+        const int64_t rows = std::min(r1, sizes[t]) - r0, first = offsets[t] + r0;
+        const at::Tensor h = t == 0 ? h0.narrow(0, r0, rows) : out.narrow(0, offsets[t - 1] + r0, rows);
+        prev.narrow(0, first, rows).copy_(h);
+        at::Tensor gh_rows = gh.narrow(0, 0, rows);
+        at::mm_out(gh_rows, h, w_t);
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t row = first + i;
+          const float* x = gi_data + row * H3;
+          const float* g = gh_data + i * H3;
+          const float* h_row = prev_data + row * H;
+          float* h_next = out_data + row * H;
+          float* saved = gates_data + row * 4 * H;
+          // AUGRU: u = a (1 - z); the GRU is a = 1.
+          const float a = has_att ? att_data[row] : 1.f;
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const float r = sigmoid(x[j] + g[j] + bias[j]);
-          const float z = sigmoid(x[H + j] + g[H + j] + bias[H + j]);
-          const float hn = g[2 * H + j] + bias[2 * H + j];
-          const float n = 2.f * sigmoid(2.f * (x[2 * H + j] + r * hn)) - 1.f;  // tanh
-          saved[j] = r;
-          saved[H + j] = z;
-          saved[2 * H + j] = n;
-          saved[3 * H + j] = hn;
-          h_next[j] = h[j] + a * (1.f - z) * (n - h[j]);
+          for (int64_t j = 0; j < H; ++j) {
+            const float r = sigmoid(x[j] + g[j] + bias[j]);
+            const float z = sigmoid(x[H + j] + g[H + j] + bias[H + j]);
+            const float hn = g[2 * H + j] + bias[2 * H + j];
+            const float n = 2.f * sigmoid(2.f * (x[2 * H + j] + r * hn)) - 1.f;  // tanh
+            saved[j] = r;
+            saved[H + j] = z;
+            saved[2 * H + j] = n;
+            saved[3 * H + j] = hn;
+            h_next[j] = h_row[j] + a * (1.f - z) * (n - h_row[j]);
+          }
         }
       }
     }
   });
-  return {states, gates};
+  return {out, prev, gates};
 }
 
-// gates [T, B, 4H] and states [T + 1, B, H] from forward; att [T, B] or empty; injected [T, B, H]: the gradient
-// the outputs send to the state after each step; w_hh [3H, H].
-// Returns the gradients of the hidden projections [T, B, 3H] (gate order r, z, n), of the input projection of
-// n [T, B, H] (r and z are the hidden ones), of att [T, B] (empty for the GRU) and of h0 [B, H].
-std::vector<at::Tensor> backward(const at::Tensor& gates, const at::Tensor& states, const at::Tensor& att,
-                                 const at::Tensor& injected, const at::Tensor& w_hh) {
-  const int64_t T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, H3 = 3 * H;
-  auto grad_gh = at::empty({T, B, H3}, gates.options());
-  auto grad_gi_n = at::empty({T, B, H}, gates.options());
+// gates [N, 4H] and prev [N, H] from forward; att [N] or empty; batch_sizes [T]; grad_out [N, H]: the gradient of
+// out; w_hh [3H, H].
+// Returns the gradients of the hidden projections [N, 3H] (gate order r, z, n), of the input projection of n
+// [N, H] (r and z are the hidden ones), of att [N] (empty for the GRU) and of h0 [B, H].
+std::vector<at::Tensor> backward(const at::Tensor& gates, const at::Tensor& prev, const at::Tensor& att,
+                                 const at::Tensor& batch_sizes, const at::Tensor& grad_out, const at::Tensor& w_hh,
+                                 int64_t B) {
+  const int64_t N = gates.size(0), H = gates.size(1) / 4, H3 = 3 * H, T = batch_sizes.size(0);
+  auto grad_gh = at::empty({N, H3}, gates.options());
+  auto grad_gi_n = at::empty({N, H}, gates.options());
   const bool has_att = att.numel() > 0;
-  auto grad_att = at::empty({has_att ? T : 0, B}, gates.options());
+  auto grad_att = at::empty({has_att ? N : 0}, gates.options());
   auto grad_h0 = at::empty({B, H}, gates.options());
+  const std::vector<int64_t> offsets = step_offsets(batch_sizes);
+  const std::vector<int64_t> bounds = balanced_rows(batch_sizes, B);
+  const int64_t* sizes = batch_sizes.data_ptr<int64_t>();
   const float* gates_data = gates.data_ptr<float>();
-  const float* states_data = states.data_ptr<float>();
-  const float* injected_data = injected.data_ptr<float>();
+  const float* prev_data = prev.data_ptr<float>();
+  const float* grad_out_data = grad_out.data_ptr<float>();
   const float* att_data = has_att ? att.data_ptr<float>() : nullptr;
   float* grad_gh_data = grad_gh.data_ptr<float>();
   float* grad_gi_n_data = grad_gi_n.data_ptr<float>();
   float* grad_att_data = has_att ? grad_att.data_ptr<float>() : nullptr;
-  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t p0, int64_t p1) {
     at::NoGradGuard no_grad;
-    const int64_t rows = b1 - b0;
-    auto dh = at::zeros({rows, H}, gates.options());  // gradient of the state after step t, from later steps
-    auto carried = at::empty({rows, H}, gates.options());
-    float* dh_data = dh.data_ptr<float>();
-    float* carried_data = carried.data_ptr<float>();
-    for (int64_t t = T - 1; t >= 0; --t) {
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t row = t * B + b0 + i;
-        const float* saved = gates_data + row * 4 * H;
-        const float* h = states_data + row * H;
-        const float* inj = injected_data + row * H;
-        const float* later = dh_data + i * H;
-        float* d_gh = grad_gh_data + row * H3;
-        float* d_gi_n = grad_gi_n_data + row * H;
-        float* carry = carried_data + i * H;
-        const float a = has_att ? att_data[row] : 1.f;
-        float d_att = 0.f;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t r0 = bounds[p], r1 = bounds[p + 1];
+      // dh: the gradient of each row's state after step t from later steps; zero before its last step.
+      auto dh = at::zeros({r1 - r0, H}, gates.options());
+      auto carried = at::empty({r1 - r0, H}, gates.options());
+      float* dh_data = dh.data_ptr<float>();
+      float* carried_data = carried.data_ptr<float>();
+      for (int64_t t = T - 1; t >= 0; --t) {
+        if (sizes[t] <= r0) continue;
+        const int64_t rows = std::min(r1, sizes[t]) - r0, first = offsets[t] + r0;
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t row = first + i;
+          const float* saved = gates_data + row * 4 * H;
+          const float* h = prev_data + row * H;
+          const float* injected = grad_out_data + row * H;
+          const float* later = dh_data + i * H;
+          float* d_gh = grad_gh_data + row * H3;
+          float* d_gi_n = grad_gi_n_data + row * H;
+          float* carry = carried_data + i * H;
+          const float a = has_att ? att_data[row] : 1.f;
+          float d_att = 0.f;
 #pragma omp simd reduction(+ : d_att)
-        for (int64_t j = 0; j < H; ++j) {
-          const float r = saved[j], z = saved[H + j], n = saved[2 * H + j], hn = saved[3 * H + j];
-          const float d = later[j] + inj[j];
-          const float u = a * (1.f - z);
-          const float diff = n - h[j];
-          const float d_n = d * u * (1.f - n * n);  // of n's pre-activation
-          d_gh[j] = d_n * hn * r * (1.f - r);
-          d_gh[H + j] = -d * a * diff * z * (1.f - z);
-          d_gh[2 * H + j] = d_n * r;
-          d_gi_n[j] = d_n;
-          d_att += d * diff * (1.f - z);
-          carry[j] = d * (1.f - u);
+          for (int64_t j = 0; j < H; ++j) {
+            const float r = saved[j], z = saved[H + j], n = saved[2 * H + j], hn = saved[3 * H + j];
+            const float d = later[j] + injected[j];
+            const float u = a * (1.f - z);
+            const float diff = n - h[j];
+            const float d_n = d * u * (1.f - n * n);  // of n's pre-activation
+            d_gh[j] = d_n * hn * r * (1.f - r);
+            d_gh[H + j] = -d * a * diff * z * (1.f - z);
+            d_gh[2 * H + j] = d_n * r;
+            d_gi_n[j] = d_n;
+            d_att += d * diff * (1.f - z);
+            carry[j] = d * (1.f - u);
+          }
+          if (has_att) grad_att_data[row] = d_att;
         }
-        if (has_att) grad_att_data[row] = d_att;
+        // dh_{t-1} = dh_t (1 - u_t) + dG_t W_hh for the running rows; the others have not started.
+        at::Tensor dh_rows = dh.narrow(0, 0, rows);
+        at::addmm_out(dh_rows, carried.narrow(0, 0, rows), grad_gh.narrow(0, first, rows), w_hh);
       }
-      at::addmm_out(dh, carried, grad_gh[t].narrow(0, b0, rows), w_hh);
+      grad_h0.narrow(0, r0, r1 - r0).copy_(dh);
     }
-    grad_h0.narrow(0, b0, rows).copy_(dh);
   });
   return {grad_gh, grad_gi_n, grad_att, grad_h0};
 }

@@ -7,7 +7,7 @@ from torch import Tensor
 from dien.data.batch import Batch
 from dien.model.base import CTRModel, HistoryEncoding
 from dien.model.config import ModelConfig
-from dien.model.interest import InterestEvolution, InterestExtractor
+from dien.model.interest import InterestEvolution, InterestExtractor, auxiliary_pairs
 from dien.model.layers import MLP, BehaviorEmbedding
 from dien.model.pooling import embed_history
 
@@ -34,7 +34,10 @@ class DIEN(CTRModel):
     def encode_history(self, hist_item: Tensor, hist_cat: Tensor, lengths: Tensor) -> HistoryEncoding:
         history = embed_history(self.embedding, hist_item, hist_cat, lengths)
         history.states = self.extractor(history.behaviors, lengths)
-        history.evolution_inputs = self.evolution.project(history.states)
+        # Scoring shares the projections among a request's candidates; training (one target per history) lets
+        # the AUGRU project only the valid steps itself.
+        if not torch.is_grad_enabled():
+            history.evolution_inputs = self.evolution.project(history.states)
         return history
 
     def score(self, history: HistoryEncoding, target_item: Tensor, target_cat: Tensor) -> Tensor:
@@ -47,5 +50,12 @@ class DIEN(CTRModel):
     def auxiliary_loss(self, history: HistoryEncoding, batch: Batch) -> Tensor | None:
         if not self.uses_negatives:
             return None
-        negatives = self.embedding(batch.neg_hist_item, batch.neg_hist_cat)
-        return self.extractor.auxiliary_loss(history.states, history.behaviors, negatives, history.lengths)
+        states, behaviors = history.states, history.behaviors
+        pairs = auxiliary_pairs(history.lengths, states.shape[1])
+        following = pairs + 1
+        # Only the negatives of valid pairs are embedded.
+        negatives = self.embedding(batch.neg_hist_item.reshape(-1).index_select(0, following),
+                                   batch.neg_hist_cat.reshape(-1).index_select(0, following))
+        return self.extractor.pair_loss(states.reshape(-1, states.shape[2]).index_select(0, pairs),
+                                        behaviors.reshape(-1, behaviors.shape[2]).index_select(0, following),
+                                        negatives)

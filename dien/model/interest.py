@@ -40,15 +40,31 @@ class InterestExtractor(nn.Module):
         Mean over valid pairs (t, t+1), t + 1 < length; padding contributes to neither sum nor count.
         states: [B, T, H], behaviors and negatives: [B, T, E], lengths: [B] -> scalar.
         """
+        pairs = auxiliary_pairs(lengths, states.shape[1])
+        return self.pair_loss(states.reshape(-1, states.shape[2]).index_select(0, pairs),
+                              *(x.reshape(-1, x.shape[2]).index_select(0, pairs + 1) for x in (behaviors, negatives)))
+
+    def pair_loss(self, states: Tensor, clicked: Tensor, sampled: Tensor) -> Tensor:
+        """The auxiliary loss of P pairs: states h_t [P, H], the next clicked behaviors e[t+1] and the sampled
+        negatives [P, E] -> the mean over the pairs (0 without pairs)."""
         if self.aux_net is None:
             raise RuntimeError("this interest extractor was built without an auxiliary network (aux_dims=None)")
-        pairs = valid_mask((lengths - 1).clamp(min=0), states.shape[1] - 1)
-        h = states[:, :-1][pairs]
-        positive = self.aux_net(torch.cat([h, behaviors[:, 1:][pairs]], dim=-1))
-        negative = self.aux_net(torch.cat([h, negatives[:, 1:][pairs]], dim=-1))
+        # The first layer is linear in concat(h, e): its h part is computed once for the clicked and the sampled.
+        first, rest = self.aux_net.layers[0], self.aux_net.layers[1:]
+        weight_h, weight_e = first.weight.split([states.shape[1], clicked.shape[1]], dim=1)
+        shared = F.linear(states, weight_h, first.bias)
+        positive, negative = (rest(shared + F.linear(e, weight_e)).squeeze(-1) for e in (clicked, sampled))
         # -log sigmoid(p) - log(1 - sigmoid(n)), written with softplus for stability.
         per_pair = F.softplus(-positive) + F.softplus(negative)
-        return per_pair.sum() / pairs.sum().clamp(min=1)
+        return per_pair.sum() / max(states.shape[0], 1)
+
+
+def auxiliary_pairs(lengths: Tensor, steps: int) -> Tensor:
+    """[P] int64 flat positions b * T + t of the valid auxiliary pairs (t, t + 1), t + 1 < lengths[b], in a
+    [B, T] layout (the pair's next behavior is at position + 1)."""
+    pairs = valid_mask((lengths - 1).clamp(min=0), steps - 1)
+    rows, step = pairs.nonzero(as_tuple=True)
+    return rows * steps + step
 
 
 EVOLUTION_KINDS = ("augru", "agru", "aigru", "augru_official", "gru_attention")
@@ -101,10 +117,9 @@ class InterestEvolution(nn.Module):
         att = self.attention(query, states, lengths)
         if self.kind in ("augru", "agru"):
             if projected is None:
-                gate_inputs, rows = self.project(states), None
+                _, final = kernels.augru(states, att, lengths, *weights)
             else:
-                gate_inputs = projected
-            final = kernels.augru_last(gate_inputs, att, lengths, weights[1], weights[3], rows=rows)
+                final = kernels.augru_last(projected, att, lengths, weights[1], weights[3], rows=rows)
         elif self.kind == "aigru":
             _, final = kernels.gru(states * att.unsqueeze(2), lengths, *weights)
         else:
