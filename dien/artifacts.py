@@ -6,6 +6,7 @@
       weights.pt         the state dict, loaded with ``torch.load(weights_only=True)`` (no arbitrary pickles)
       vocab/item.parquet, vocab/category.parquet   the vocabularies the model was trained with
       vocab/item_category.parquet                  the item table: each item id's category id (optional)
+      curves.json, curves.csv, training_curves.png the training curve (optional, dien.curves)
 
 ``load_artifact`` verifies every checksum before it builds anything and names the file that fails.
 """
@@ -19,13 +20,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from dien.curves import write_curves
 from dien.data.vocab import Vocabulary
 from dien.model import CTRModel, ModelConfig, build_model
 
@@ -90,8 +92,12 @@ def save_artifact(
     dataset_sha256: str | None = None,
     extra: dict[str, Any] | None = None,
     item_categories: np.ndarray | None = None,
+    curves: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write the artifact to ``path`` atomically (a complete directory appears, or nothing changes).
+
+    ``curves``: the training curve (``dien.curves``: a point per epoch and per reported step), written as
+    curves.json, curves.csv and training_curves.png.
 
     ``extra`` holds producer-specific facts (e.g. distillation's teacher and lambda). ``item_categories``: the
     dataset's item table ([len(items)] category ids, ``Vocabularies.item_category``), which lets a server fill
@@ -111,6 +117,8 @@ def save_artifact(
                 raise ValueError(f"item_categories has {len(item_categories)} rows for {len(items)} item ids")
             pq.write_table(pa.table({"category": np.asarray(item_categories, dtype=np.int32)}), staging / ITEM_TABLE)
             files.append(ITEM_TABLE)
+        if curves:
+            files += [written.name for written in write_curves(staging, curves)]
         manifest = {
             "format_version": FORMAT_VERSION,
             "model": {"name": name, "config": config.to_dict()},

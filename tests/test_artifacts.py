@@ -6,6 +6,7 @@ import torch
 
 from dien.artifacts import (MANIFEST, WEIGHTS, ArtifactError, _manifest_digest, load_artifact, save_artifact,
                             sha256_file)
+from dien.curves import draw_curves, read_curves
 from dien.model import ModelConfig, build_model
 from dien.train.loop import iterate_batches
 
@@ -72,4 +73,22 @@ def test_weights_are_not_arbitrary_pickles(artifact):
     manifest["manifest_sha256"] = _manifest_digest(manifest)
     (path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="not a state dict"):
+        load_artifact(path)
+
+
+def test_training_curves_are_kept_checked_and_drawn(tmp_path, small_dataset):
+    config = ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=8)
+    vocab = small_dataset.vocabularies
+    points = [{"epoch": 0.5, "train_loss": 0.69, "global_step": 10},
+              {"epoch": 1, "train_loss": 0.6, "valid_auc": 0.71, "valid_gauc": 0.7, "epoch_sample_checksum": "ab12"},
+              {"epoch": 2, "train_loss": 0.55, "valid_auc": 0.74, "valid_gauc": 0.72}]
+    path = save_artifact(tmp_path / "model", build_model("dien", config), "dien", config, vocab.item, vocab.category,
+                         max_len=30, curves=points)
+    curve = read_curves(path)
+    assert [p["epoch"] for p in curve] == [0.5, 1.0, 2.0] and "epoch_sample_checksum" not in curve[1]
+    assert (path / "curves.csv").read_text().splitlines()[0].split(",")[:2] == ["epoch", "global_step"]
+    assert (path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert draw_curves({"a": curve, "b": curve[1:]}, tmp_path / "side_by_side.png")
+    (path / "curves.json").write_text("[]")
+    with pytest.raises(ArtifactError, match="curves.json: sha256 mismatch"):
         load_artifact(path)

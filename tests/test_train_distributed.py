@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 from dien.artifacts import load_artifact
+from dien.curves import read_curves
 from dien.train.distributed import (FAIL_AT_STEP_ENV, ClusterConfig, RunMismatch, TrainJob, check_same_run,
                                     claim_run, export_artifact, identity_differences, run_training)
 from dien.train.evaluate import evaluate_artifact
@@ -51,6 +52,14 @@ def test_two_workers_learn_and_export_an_artifact(prepared_dataset, tmp_path):
     for split in ("valid", "test"):
         offline = evaluate_artifact(artifact, prepared_dataset, split)
         assert offline["auc"] == pytest.approx(metrics[f"{split}_auc"], abs=1e-6)
+    # The training curve is kept with the model: one point per epoch with the epoch's own validation metrics.
+    curve = read_curves(artifact.path)
+    assert [point["epoch"] for point in curve] == [1.0, 2.0]
+    assert curve[0]["valid_auc"] == pytest.approx(first_epoch["valid_auc"])
+    assert all(point["train_loss"] > 0 for point in curve)
+    assert {"curves.json", "curves.csv", "training_curves.png"} <= set(artifact.manifest["files"])
+    header = (artifact.path / "curves.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "epoch" and "valid_auc" in header
 
 
 def test_a_killed_worker_resumes_mid_epoch_and_trains_every_sample_once(prepared_dataset, tmp_path, monkeypatch):

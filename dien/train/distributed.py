@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from dien.cluster import connect
+from dien.curves import numeric_points
 from dien.data.batch import Batch, collate
 from dien.data.dataset_dir import MANIFEST_FILE, DatasetDir
 from dien.data.epochs import SampleOrder, ShardUnits, read_ahead, sample_checksum
@@ -241,6 +242,8 @@ class WorkerRun:
         self.progress = Progress()
         self.sums = EpochSums()
         self.best = BestEpoch(job.train.patience)
+        self.curve: list[dict[str, float]] = []
+        """Every reported point of the run (``dien.curves``), kept in the checkpoint and exported with the model."""
         self.resumed_from = 0
         self.autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                                        enabled=job.bf16 and device.type == "cuda")
@@ -262,6 +265,7 @@ class WorkerRun:
         if self.progress.step_in_epoch:
             self.sums = EpochSums(**state["epoch_sums"][self.rank])
         self.best.load_state_dict(state["best"])
+        self.curve = state.get("curve", [])
         self.resumed_from = self.progress.global_step
         logger.info("rank %d resumes at epoch %d, step %d (global step %d)", self.rank, self.progress.epoch + 1,
                     self.progress.step_in_epoch, self.progress.global_step)
@@ -347,13 +351,17 @@ class WorkerRun:
         import ray.train
 
         epoch_sums = _gather(asdict(self.sums))
+        point = numeric_points([metrics])[0]
+        if "epoch" in point and self.progress.step_in_epoch:  # between epochs: a fractional epoch
+            point["epoch"] = self.progress.epoch + self.progress.step_in_epoch / self.order.steps(self.world)
+        self.curve.append(point)
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if self.rank == 0:
                 torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                             "scheduler": self.scheduler.state_dict(), "progress": asdict(self.progress),
                             "epoch_sums": epoch_sums, "world": self.world, "best": self.best.state_dict(),
-                            "identity": self.identity}, Path(directory) / CHECKPOINT_FILE)
+                            "identity": self.identity, "curve": self.curve}, Path(directory) / CHECKPOINT_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report({**metrics, "resumed_from_step": self.resumed_from}, checkpoint=checkpoint)
 
@@ -435,6 +443,7 @@ def export_artifact(job: TrainJob, result, out: str | Path, extra: dict[str, Any
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
+    curve = state.get("curve")
     exported, name, config = job.exported(model, dataset)
     vocabularies = dataset.vocabularies()
     metrics = {k: float(v) for k, v in (result.metrics or {}).items()
@@ -442,4 +451,4 @@ def export_artifact(job: TrainJob, result, out: str | Path, extra: dict[str, Any
     return save_artifact(out, exported, name, config, vocabularies.item,
                          vocabularies.category, dataset.max_len, metrics=metrics,
                          dataset_sha256=dataset_sha256(job.data), extra=extra,
-                         item_categories=vocabularies.item_category)
+                         item_categories=vocabularies.item_category, curves=curve)
