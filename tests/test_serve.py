@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import requests
 import torch
@@ -32,6 +33,7 @@ from dien.data.dataset_dir import USER_HISTORY_FILE, DatasetDir
 from dien.data.vocab import Vocabulary
 from dien.model import ModelConfig, build_model
 from dien.serve import RequestLimits, ScorerConfig, ServeArgs
+from dien.serve.batch_scoring import BatchScoringConfig, score_requests
 from dien.serve.config import resolve_path
 from dien.serve.history import UserHistoryStore
 from dien.serve.ingress import BATCH_SIZE_HEADER, INGRESS, current_request_id
@@ -368,6 +370,36 @@ def test_scores_equal_the_offline_model(server, offline, catalog):
     response = server.post(body)
     assert_scored(response, body, offline["a"])
     assert response.headers["X-Request-ID"]
+
+
+def test_batch_scoring_equals_the_servers_scores(server, offline, artifacts, prepared_dataset, catalog, tmp_path):
+    users = list(offline["a"].stored)[:4]
+    items = [c["item_id"] for c in catalog]
+    bodies = [{"user_id": u, "candidates": [{"item_id": i} for i in items[k:k + 5] + ["never-seen"]]}
+              for k, u in enumerate(users)]
+    bodies.append({"history": [{"item_id": i} for i in items[10:14]], "candidates": [{"item_id": items[3]}]})
+    requests_table = pa.table({
+        "request_id": [f"r{k}" for k in range(len(bodies))] + ["empty", "mismatched"],
+        "user_id": [b.get("user_id") for b in bodies] + [users[0], users[1]],
+        "history_item": [None] * len(users) + [[h["item_id"] for h in bodies[-1]["history"]], None, None],
+        "candidate_item": [[c["item_id"] for c in b["candidates"]] for b in bodies] + [[], items[:2]],
+        "candidate_category": [None] * len(bodies) + [None, ["c1"]],
+    })
+    pq.write_table(requests_table, tmp_path / "requests.parquet")
+    summary = score_requests(BatchScoringConfig(model=str(artifacts["a"]), inputs=(str(tmp_path / "requests.parquet"),),
+                                                output=str(tmp_path / "scores"), histories=str(prepared_dataset.path)))
+    out = pq.read_table(tmp_path / "scores").to_pylist()
+    assert summary["requests_failed"] == 2 and summary["candidates_scored"] == sum(len(b["candidates"]) for b in bodies)
+    for k, body in enumerate(bodies):
+        rows = sorted((r for r in out if r["request_id"] == f"r{k}"), key=lambda r: r["position"])
+        answer = server.post(body).json()
+        np.testing.assert_allclose([r["score"] for r in rows], answer["scores"], rtol=0, atol=1e-6)
+        assert [r["position"] for r in rows if r["unknown_item"]] == answer["unknown_candidates"]
+        assert {r["history_length"] for r in rows} == {answer["history_length"]}
+        assert {r["model_version"] for r in rows} == {answer["model"]["version"]}
+    errors = {r["request_id"]: r["error"] for r in out if r["error"] is not None}
+    assert errors == {"empty": "candidate_item: required, at least one candidate",
+                      "mismatched": "candidate_category: 1 categories for 2 candidates"}
 
 
 def test_concurrent_requests_share_batches_without_mixing(server, offline, catalog):
