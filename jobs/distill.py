@@ -12,7 +12,7 @@ import sys
 from dien.artifacts import ArtifactError
 from dien.model import MODELS, ModelConfig
 from dien.train.cli import (add_cluster_arguments, add_model_arguments, add_optimization_arguments, cluster_config,
-                            format_summary, model_options, train_config)
+                            default_run_name, format_summary, model_options, train_config)
 from dien.train.distill import MODES, DistillJob
 from dien.train.distributed import export_artifact, run_training
 
@@ -38,6 +38,9 @@ def main() -> int:
     add_cluster_arguments(parser, run_name="distill")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.run_name == parser.get_default("run_name"):
+        args.run_name = default_run_name(args.model)  # the model's name, not the job's
+    print(f"run {args.run_name!r} in {args.storage} (re-run with --run-name {args.run_name} to resume it)")
 
     try:
         job = DistillJob(

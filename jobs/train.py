@@ -3,7 +3,8 @@
     python jobs/train.py --data data/synthetic --model dien --epochs 2 --workers 2 --out artifacts/dien
     ray job submit -- "$PWD/.venv/bin/python" jobs/train.py --data "$PWD/data/synthetic" ...
 
-Re-running with the same --storage and --run-name resumes from the latest checkpoint.
+Each run gets its own name (the model and the start time) unless --run-name names one; re-running with the
+same --storage and --run-name resumes from the latest checkpoint.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 
 from dien.model import MODELS
 from dien.train.cli import (add_cluster_arguments, add_model_arguments, add_optimization_arguments, cluster_config,
-                            format_summary, model_options, train_config)
+                            default_run_name, format_summary, model_options, train_config)
 from dien.train.distributed import TrainJob, export_artifact, run_training
 
 
@@ -27,6 +28,9 @@ def main() -> int:
     add_cluster_arguments(parser, run_name="dien")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.run_name == parser.get_default("run_name"):
+        args.run_name = default_run_name(args.model)  # the model's name, not the job's
+    print(f"run {args.run_name!r} in {args.storage} (re-run with --run-name {args.run_name} to resume it)")
 
     job = TrainJob(
         data=args.data,

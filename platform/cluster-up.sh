@@ -58,6 +58,7 @@ cat >"$STATE_DIR/env" <<ENV
 # Written by platform/cluster-up.sh: what a client of the local cluster needs (source this file).
 export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
 export RAY_DASHBOARD_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+export RAY_GCS_ADDRESS=127.0.0.1:$RAY_PORT
 export RAY_AUTH_MODE=token
 export RAY_TEMP_DIR=$RAY_TEMP_DIR
 ENV

@@ -2,6 +2,7 @@
 import argparse
 import dataclasses
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,8 @@ def test_the_training_jobs_show_the_libraries_defaults(job):
                 continue
             value = getattr(config, spec.name)
             assert f"(default: {value})" in help_text, f"{job}: {spec.name} should show its default {value}"
+    # A run name of the job's kind and the start time, so that runs never share checkpoints by default.
+    assert re.search(r"\(default: (dien|distill)-\d{8}-\d{6}\)", help_text), help_text
 
 
 def _prepare_job():

@@ -9,6 +9,8 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from dien.cluster import GCS_ADDRESS_ENV, cluster_address
+
 ROOT = Path(__file__).resolve().parents[1]
 PLATFORM = ROOT / "platform"
 MANIFESTS = sorted(PLATFORM.rglob("*.yaml"))
@@ -110,3 +112,17 @@ def test_dockerfile_builds_python_311_with_the_package():
 @pytest.mark.parametrize("script", ["cluster-up.sh", "cluster-down.sh"])
 def test_cluster_scripts_are_valid_bash(script):
     subprocess.run(["bash", "-n", str(PLATFORM / script)], check=True)
+
+
+def test_a_dashboard_url_in_ray_address_joins_the_cluster_through_its_gcs(monkeypatch):
+    monkeypatch.delenv(GCS_ADDRESS_ENV, raising=False)
+    assert cluster_address("127.0.0.1:6379") == "127.0.0.1:6379"
+    assert cluster_address("auto") == "auto"
+    # What runs/cluster/env exports: the cluster on this machine.
+    assert cluster_address("http://127.0.0.1:8265") == "auto"
+    with pytest.raises(ValueError, match="http://10.0.0.5:8265 is a dashboard URL.*--address or RAY_GCS_ADDRESS"):
+        cluster_address("http://10.0.0.5:8265")
+    monkeypatch.setenv(GCS_ADDRESS_ENV, "10.0.0.5:6379")
+    assert cluster_address("http://10.0.0.5:8265") == "10.0.0.5:6379"
+    env = (PLATFORM / "cluster-up.sh").read_text()
+    assert "export RAY_GCS_ADDRESS=127.0.0.1:$RAY_PORT" in env

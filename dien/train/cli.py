@@ -4,6 +4,7 @@ defaults."""
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from dien.model import ModelConfig
@@ -33,9 +34,16 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward (GPU only)")
 
 
+def default_run_name(kind: str) -> str:
+    """A run name that a later run does not collide with: the kind of run and its start time."""
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def add_cluster_arguments(parser: argparse.ArgumentParser, run_name: str) -> None:
+    """The ClusterConfig options; ``--run-name`` defaults to :func:`default_run_name` of ``run_name``, so a
+    run resumes only when named again explicitly."""
     group = parser.add_argument_group("cluster (ClusterConfig)")
-    add_options(group, ClusterConfig, defaults=ClusterConfig(run_name=run_name),
+    add_options(group, ClusterConfig, defaults=ClusterConfig(run_name=default_run_name(run_name)),
                 names={"checkpoint_every_steps": "checkpoint_every"})
 
 

@@ -71,6 +71,8 @@ class ClusterConfig:
     """Also checkpoint every N optimizer steps (0: only at the end of each epoch)."""
     keep_checkpoints: int = 2
     """Checkpoints kept in storage."""
+    address: str | None = None
+    """Ray cluster to join (None: RAY_ADDRESS, a GCS address or the dashboard URL, else an embedded Ray)."""
 
 
 @dataclass(frozen=True)
@@ -416,7 +418,7 @@ def run_training(job: TrainJob):
         raise ValueError(f"early stopping (patience {job.train.patience}) needs validation samples, and {job.data} "
                          "has none: prepare it with a validation split, or train with --patience none")
     claim_run(job)
-    connect()
+    connect(cluster.address)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
