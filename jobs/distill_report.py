@@ -2,6 +2,7 @@
 
     python jobs/distill_report.py                      # prepares the default synthetic data first
     python jobs/distill_report.py --data data/synthetic --epochs 2
+    python jobs/distill_report.py --seeds 0,1,2         # mean and std over seeds, with the lambda = 0 ablation
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--hint-weight", type=float, default=DistillReportConfig.hint_weight)
     parser.add_argument("--workers", type=int, default=DistillReportConfig.workers)
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    config = DistillReportConfig(out=args.out, data=args.data, hint_weight=args.hint_weight, workers=args.workers)
+    config = DistillReportConfig(out=args.out, data=args.data, hint_weight=args.hint_weight, workers=args.workers,
+                                 seeds=tuple(int(seed) for seed in args.seeds.split(",")))
     train = config.train
     if args.epochs:
         train = replace(train, epochs=args.epochs)
