@@ -1,19 +1,29 @@
 """The model bundle on disk: weights, configuration, vocabularies and a manifest of checksums.
 
     <artifact>/
-      manifest.json      model name and config, format version, created time, metrics, dataset hash,
-                         sha256 of every other file, and the sha256 of the manifest itself
-      weights.pt         the state dict, loaded with ``torch.load(weights_only=True)`` (no arbitrary pickles)
+      manifest.json        model name and config, format version, created time, metrics, dataset hash,
+                           sha256 of every other file, the sha256 of the manifest itself and, when a key is
+                           configured, its HMAC-SHA256 signature
+      weights.safetensors  the state dict as safetensors (a format whose loading never runs code)
       vocab/item.parquet, vocab/category.parquet   the vocabularies the model was trained with
       vocab/item_category.parquet                  the item table: each item id's category id (optional)
       curves.json, curves.csv, training_curves.png the training curve (optional, dien.curves)
 
-``load_artifact`` verifies every checksum before it builds anything and names the file that fails.
+``load_artifact`` verifies before it builds anything, and names what fails: the manifest's fields and types,
+every file of the directory listed and every listed file inside it (no ``..``, no symlink), every checksum,
+the model's sizes against its vocabulary files (a forged size cannot allocate terabytes), and the signature:
+with ``DIEN_ARTIFACT_KEY`` (or ``DIEN_ARTIFACT_KEY_FILE``) set, ``save_artifact`` signs the manifest and
+``load_artifact`` refuses an artifact that is unsigned or signed with another key. A checksum alone proves that
+nothing changed by accident; only the signature proves who wrote the artifact. Format 1 (weights as a
+``torch.save`` file, loaded with ``weights_only=True``) still loads.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import logging
+import os
 import pickle
 import shutil
 import tempfile
@@ -25,15 +35,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
 
 from dien.curves import write_curves
-from dien.data.vocab import Vocabulary
+from dien.data.vocab import RESERVED, Vocabulary
 from dien.model import CTRModel, ModelConfig, build_model
 
-FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
-WEIGHTS = "weights.pt"
+WEIGHTS = "weights.safetensors"
+LEGACY_WEIGHTS = "weights.pt"
+"""Format 1's weights: a ``torch.save`` file."""
+KEY_ENV, KEY_FILE_ENV = "DIEN_ARTIFACT_KEY", "DIEN_ARTIFACT_KEY_FILE"
+MAX_WIDTH = 1 << 16
+"""The largest embedding, hidden or MLP width a manifest may ask for."""
 VOCAB_FILES = {"item": "vocab/item.parquet", "category": "vocab/category.parquet"}
 ITEM_TABLE = "vocab/item_category.parquet"
 
@@ -51,8 +71,24 @@ def sha256_file(path: Path) -> str:
 
 
 def _manifest_digest(manifest: dict[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    body = {k: v for k, v in manifest.items() if k not in ("manifest_sha256", "signature")}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def signing_key() -> bytes | None:
+    """The artifact signing key: ``DIEN_ARTIFACT_KEY``, else the contents of ``DIEN_ARTIFACT_KEY_FILE``, else None."""
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].encode()
+    if os.environ.get(KEY_FILE_ENV):
+        key = Path(os.environ[KEY_FILE_ENV]).read_bytes().strip()
+        if not key:
+            raise ArtifactError(f"{os.environ[KEY_FILE_ENV]}: the artifact key file is empty")
+        return key
+    return None
+
+
+def _signature(key: bytes, digest: str) -> str:
+    return hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -107,7 +143,8 @@ def save_artifact(
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / WEIGHTS)
+        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                                    str(staging / WEIGHTS))
         (staging / "vocab").mkdir()
         items.save(staging / VOCAB_FILES["item"])
         categories.save(staging / VOCAB_FILES["category"])
@@ -133,6 +170,9 @@ def save_artifact(
         }
         manifest["version"] = manifest["files"][WEIGHTS][:12]
         manifest["manifest_sha256"] = _manifest_digest(manifest)
+        key = signing_key()
+        if key is not None:
+            manifest["signature"] = _signature(key, manifest["manifest_sha256"])
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if path.exists():
             shutil.rmtree(path)
@@ -143,8 +183,70 @@ def save_artifact(
     return path
 
 
-def verify_artifact(path: str | Path) -> dict[str, Any]:
-    """The manifest of a complete, unaltered artifact; raises :class:`ArtifactError` naming what is wrong."""
+def _require(condition: bool, where: Path, message: str) -> None:
+    if not condition:
+        raise ArtifactError(f"{where}: {message}")
+
+
+def _check_fields(manifest: Any, where: Path) -> None:
+    """The manifest's shape: the fields the loader reads, with their types."""
+    _require(isinstance(manifest, dict), where, "not a JSON object")
+    _require(manifest.get("format_version") in READABLE_FORMATS, where,
+             f"format_version {manifest.get('format_version')!r}, this code reads {', '.join(map(str, READABLE_FORMATS))}")
+    files, model = manifest.get("files"), manifest.get("model")
+    _require(isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()),
+             where, "files must map file names to sha256 strings")
+    _require(isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("config"), dict),
+             where, "model must hold a name and a config object")
+    max_len = manifest.get("max_len")
+    _require(isinstance(max_len, int) and not isinstance(max_len, bool) and 0 < max_len <= MAX_WIDTH, where,
+             f"max_len must be an integer in 1..{MAX_WIDTH}, got {max_len!r}")
+    _require(isinstance(manifest.get("manifest_sha256"), str), where, "manifest_sha256 missing")
+
+
+def _check_files(path: Path, manifest: dict[str, Any]) -> None:
+    """Every listed file inside the artifact (no ``..``, no symlink), every file of the artifact listed, the
+    weights among them, every checksum right."""
+    root = path.resolve()
+    for required in (weights_file(manifest), *VOCAB_FILES.values()):
+        _require(required in manifest["files"], path / MANIFEST, f"{required} is not listed in files")
+    for name, expected in manifest["files"].items():
+        file = path / name
+        parts = Path(name).parts
+        _require(not Path(name).is_absolute() and ".." not in parts and name == Path(name).as_posix(), path / MANIFEST,
+                 f"files lists {name!r}, which is not a plain path inside the artifact")
+        _require(not any((path / Path(*parts[:i + 1])).is_symlink() for i in range(len(parts))), file,
+                 "a symlink (an artifact holds its own files)")
+        _require(file.is_file(), file, "missing from the artifact")
+        _require(file.resolve().is_relative_to(root), file, "outside the artifact")
+        _require(sha256_file(file) == expected, file, "sha256 mismatch, the file was altered or is incomplete")
+    listed = set(manifest["files"]) | {MANIFEST}
+    for file in sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()):
+        name = file.relative_to(path).as_posix()
+        _require(name in listed, file, "not listed in the manifest (an artifact holds only the files it lists)")
+
+
+def _check_sizes(path: Path, manifest: dict[str, Any]) -> ModelConfig:
+    """The model config, its vocabulary sizes equal to the vocabulary files' and its widths bounded."""
+    where = path / MANIFEST
+    try:
+        config = ModelConfig.from_dict(manifest["model"]["config"])
+    except (TypeError, ValueError, KeyError) as error:
+        raise ArtifactError(f"{where}: model config: {error}") from None
+    for field_name, file in (("n_items", VOCAB_FILES["item"]), ("n_cats", VOCAB_FILES["category"])):
+        value = getattr(config, field_name)
+        _require(isinstance(value, int) and not isinstance(value, bool), where, f"{field_name} must be an integer")
+        rows = pq.ParquetFile(path / file).metadata.num_rows + RESERVED
+        _require(value == rows, where, f"model config {field_name} = {value}, but {file} holds {rows} ids")
+    widths = [config.item_dim, config.cat_dim, config.hidden, *config.mlp_dims, *(config.aux_dims or ())]
+    _require(all(isinstance(w, int) and not isinstance(w, bool) and 0 < w <= MAX_WIDTH for w in widths), where,
+             f"model widths must be integers in 1..{MAX_WIDTH}, got {widths}")
+    return config
+
+
+def verify_artifact(path: str | Path, key: bytes | None = None) -> dict[str, Any]:
+    """The manifest of a complete, unaltered artifact (signed with ``key`` when one is given or configured,
+    :func:`signing_key`); raises :class:`ArtifactError` naming what is wrong."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -153,31 +255,57 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ArtifactError(f"{manifest_path}: not valid JSON ({error})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{manifest_path}: format_version {manifest.get('format_version')!r}, "
-                            f"this code reads {FORMAT_VERSION}")
-    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+    _check_fields(manifest, manifest_path)
+    if manifest["manifest_sha256"] != _manifest_digest(manifest):
         raise ArtifactError(f"{manifest_path}: checksum mismatch, the manifest was altered")
-    for name, expected in manifest["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise ArtifactError(f"{file}: missing from the artifact")
-        if sha256_file(file) != expected:
-            raise ArtifactError(f"{file}: sha256 mismatch, the file was altered or is incomplete")
+    key = signing_key() if key is None else key
+    if key is not None:
+        signature = manifest.get("signature")
+        _require(isinstance(signature, str), manifest_path, "not signed, and a signing key is configured")
+        _require(hmac.compare_digest(signature, _signature(key, manifest["manifest_sha256"])), manifest_path,
+                 "signature mismatch: signed with another key, or forged")
+    _check_files(path, manifest)
+    _check_sizes(path, manifest)
     return manifest
 
 
+def weights_file(manifest: dict[str, Any]) -> str:
+    """The name of the artifact's weights file (format 1: ``weights.pt``)."""
+    return WEIGHTS if manifest["format_version"] >= 2 else LEGACY_WEIGHTS
+
+
+def _load_weights(path: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+    if manifest["format_version"] < 2:
+        file = path / LEGACY_WEIGHTS
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise ArtifactError(f"{file}: not a state dict ({error})") from None
+        _require(isinstance(state, dict), file, "not a state dict")
+        return state
+    file = path / WEIGHTS
+    try:
+        return safetensors.torch.load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ArtifactError(f"{file}: not a safetensors file ({error})") from None
+
+
 def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> ModelArtifact:
-    """Verify, then build the model from its manifest and load its weights (``weights_only=True``)."""
+    """Verify (:func:`verify_artifact`), then build the model from its manifest and load its weights."""
     path = Path(path)
     manifest = verify_artifact(path)
     config = ModelConfig.from_dict(manifest["model"]["config"])
-    model = build_model(manifest["model"]["name"], config)
     try:
-        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+        model = build_model(manifest["model"]["name"], config)
+    except (KeyError, ValueError) as error:
+        raise ArtifactError(f"{path / MANIFEST}: {error}") from None
+    state = _load_weights(path, manifest)
+    weights = path / weights_file(manifest)
+    _require(bool(state), weights, "holds no tensors")
+    try:
         model.load_state_dict(state)
-    except (pickle.UnpicklingError, RuntimeError) as error:
-        raise ArtifactError(f"{path / WEIGHTS}: not a state dict of {manifest['model']['name']} ({error})") from None
+    except RuntimeError as error:
+        raise ArtifactError(f"{weights}: not a state dict of {manifest['model']['name']} ({error})") from None
     model.to(device).eval()
     return ModelArtifact(
         path=path,

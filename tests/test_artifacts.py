@@ -1,11 +1,13 @@
 """The model artifact: identical predictions after a round trip, tampering and missing files refused."""
 import json
+import shutil
 
 import pytest
+import safetensors.torch
 import torch
 
-from dien.artifacts import (MANIFEST, WEIGHTS, ArtifactError, _manifest_digest, load_artifact, save_artifact,
-                            sha256_file)
+from dien.artifacts import (KEY_ENV, LEGACY_WEIGHTS, MANIFEST, WEIGHTS, ArtifactError, _manifest_digest, load_artifact,
+                            save_artifact, sha256_file, verify_artifact)
 from dien.curves import draw_curves, read_curves
 from dien.model import ModelConfig, build_model
 from dien.train.loop import iterate_batches
@@ -33,11 +35,11 @@ def test_round_trip_gives_identical_predictions(artifact, small_dataset):
 
 def test_tampered_weights_are_refused(artifact):
     path, _ = artifact
-    state = torch.load(path / WEIGHTS, weights_only=True)
+    state = safetensors.torch.load_file(str(path / WEIGHTS))
     first = next(iter(state))
     state[first] = state[first] + 1
-    torch.save(state, path / WEIGHTS)
-    with pytest.raises(ArtifactError, match="weights.pt: sha256 mismatch"):
+    safetensors.torch.save_file(state, str(path / WEIGHTS))
+    with pytest.raises(ArtifactError, match="weights.safetensors: sha256 mismatch"):
         load_artifact(path)
 
 
@@ -59,6 +61,18 @@ def test_missing_files_are_named(artifact, tmp_path):
         load_artifact(tmp_path / "nowhere")
 
 
+def rewrite(path, edit) -> None:
+    """Apply ``edit`` to the manifest and make its checksum consistent again (what a forger does)."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    edit(manifest)
+    manifest["manifest_sha256"] = _manifest_digest(manifest)
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def relist(path, name) -> None:
+    rewrite(path, lambda m: m["files"].__setitem__(name, sha256_file(path / name)))
+
+
 def test_weights_are_not_arbitrary_pickles(artifact):
     path, _ = artifact
 
@@ -66,14 +80,96 @@ def test_weights_are_not_arbitrary_pickles(artifact):
         def __reduce__(self):
             return (print, ("executed",))
 
+    # A pickle under the weights' name, with checksums that match (a consistent but hostile artifact): it is read
+    # as safetensors, which cannot run code, and refused.
     torch.save({"x": Payload()}, path / WEIGHTS)
-    # Even with checksums that match (a consistent but hostile artifact) the pickle is never executed.
-    manifest = json.loads((path / MANIFEST).read_text())
-    manifest["files"][WEIGHTS] = sha256_file(path / WEIGHTS)
-    manifest["manifest_sha256"] = _manifest_digest(manifest)
-    (path / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="not a state dict"):
+    relist(path, WEIGHTS)
+    with pytest.raises(ArtifactError, match="weights.safetensors: not a safetensors file"):
         load_artifact(path)
+
+
+def test_forged_artifacts_are_refused(artifact, tmp_path):
+    path, _ = artifact
+    original = tmp_path / "original"
+    shutil.copytree(path, original)
+
+    def fresh(name):
+        copy = tmp_path / name
+        shutil.copytree(original, copy)
+        return copy
+
+    outside = fresh("outside")
+    rewrite(outside, lambda m: m["files"].__setitem__("../original/weights.safetensors",
+                                                       m["files"][WEIGHTS]))
+    with pytest.raises(ArtifactError, match="not a plain path inside the artifact"):
+        load_artifact(outside)
+
+    unlisted = fresh("unlisted")
+    rewrite(unlisted, lambda m: m["files"].pop(WEIGHTS))
+    with pytest.raises(ArtifactError, match="weights.safetensors is not listed in files"):
+        load_artifact(unlisted)
+
+    extra = fresh("extra")
+    (extra / "vocab" / "more.parquet").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="more.parquet: not listed in the manifest"):
+        load_artifact(extra)
+
+    linked = fresh("linked")
+    (linked / WEIGHTS).unlink()
+    (linked / WEIGHTS).symlink_to(original / WEIGHTS)
+    with pytest.raises(ArtifactError, match="weights.safetensors: a symlink"):
+        load_artifact(linked)
+
+    huge = fresh("huge")
+    rewrite(huge, lambda m: m["model"]["config"].__setitem__("n_items", 10**12))
+    with pytest.raises(ArtifactError, match="n_items = 1000000000000, but vocab/item.parquet holds"):
+        load_artifact(huge)
+
+    wrong_type = fresh("wrong_type")
+    rewrite(wrong_type, lambda m: m.__setitem__("max_len", "thirty"))
+    with pytest.raises(ArtifactError, match="max_len must be an integer"):
+        load_artifact(wrong_type)
+
+    empty = fresh("empty")
+    safetensors.torch.save_file({}, str(empty / WEIGHTS))
+    relist(empty, WEIGHTS)
+    with pytest.raises(ArtifactError, match="holds no tensors"):
+        load_artifact(empty)
+    assert load_artifact(original).name == "dien"
+
+
+def test_a_signing_key_refuses_unsigned_and_forged_artifacts(artifact, tmp_path, small_dataset, monkeypatch):
+    path, model = artifact  # saved without a key: unsigned
+    monkeypatch.setenv(KEY_ENV, "the team's secret")
+    with pytest.raises(ArtifactError, match="not signed, and a signing key is configured"):
+        load_artifact(path)
+    config = ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=16)
+    vocab = small_dataset.vocabularies
+    signed = save_artifact(tmp_path / "signed", model, "dien", config, vocab.item, vocab.category, max_len=30,
+                           metrics={"auc": 0.5})
+    assert load_artifact(signed).manifest["metrics"] == {"auc": 0.5}
+    # A forger who rewrites the metrics and recomputes the manifest's checksum cannot recompute the signature.
+    rewrite(signed, lambda m: m["metrics"].__setitem__("auc", 0.99))
+    with pytest.raises(ArtifactError, match="signature mismatch"):
+        load_artifact(signed)
+    monkeypatch.setenv(KEY_ENV, "another key")
+    with pytest.raises(ArtifactError, match="signature mismatch"):
+        verify_artifact(tmp_path / "signed")
+
+
+def test_format_1_artifacts_still_load(artifact, small_dataset):
+    path, model = artifact
+    (path / WEIGHTS).unlink()
+    torch.save(model.state_dict(), path / LEGACY_WEIGHTS)
+
+    def to_format_1(manifest):
+        manifest["format_version"] = 1
+        manifest["files"].pop(WEIGHTS)
+        manifest["files"][LEGACY_WEIGHTS] = sha256_file(path / LEGACY_WEIGHTS)
+
+    rewrite(path, to_format_1)
+    batch = next(iterate_batches(small_dataset.splits["test"], 64))
+    assert torch.equal(load_artifact(path).model.predict(batch), model.predict(batch))
 
 
 def test_training_curves_are_kept_checked_and_drawn(tmp_path, small_dataset):

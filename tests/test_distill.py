@@ -99,7 +99,7 @@ def test_distilled_student_artifact_loads_and_scores(prepared_dataset, tmp_path)
     assert student.config.hidden == 8
     distillation = student.manifest["extra"]["distillation"]
     assert distillation["mode"] == "frozen" and distillation["hint_weight"] == 0.5
-    assert distillation["teacher"]["weights_sha256"] == load_artifact(teacher_dir).manifest["files"]["weights.pt"]
+    assert distillation["teacher"]["weights_sha256"] == load_artifact(teacher_dir).manifest["files"]["weights.safetensors"]
     metrics = evaluate_artifact(student, prepared_dataset)
     assert 0.0 <= metrics["auc"] <= 1.0 and metrics["logloss"] > 0
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dien.artifacts import load_artifact
+from dien.artifacts import load_artifact, weights_file
 from dien.data.batch import Batch
 from dien.data.dataset_dir import DatasetDir
 from dien.model import CTRModel, HistoryEncoding, ModelConfig, ModelOutput, build_model, resolve_config
@@ -140,7 +140,7 @@ class DistillJob(TrainJob):
             teacher = load_artifact(self.teacher)
             described["teacher"] = {"path": str(self.teacher), "name": teacher.name,
                                     "version": teacher.manifest["version"],
-                                    "weights_sha256": teacher.manifest["files"]["weights.pt"],
+                                    "weights_sha256": teacher.manifest["files"][weights_file(teacher.manifest)],
                                     "hidden": teacher.config.hidden, "metrics": teacher.manifest["metrics"]}
         else:
             described["teacher"] = {"name": self.teacher_model, "options": self.teacher_options or {"hidden": 108}}
