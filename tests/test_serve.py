@@ -38,6 +38,7 @@ from dien.serve.config import resolve_path
 from dien.serve.history import UserHistoryStore
 from dien.serve.ingress import BATCH_SIZE_HEADER, INGRESS, current_request_id
 from dien.bench.redeploy_check import LoadProbe, config_with_model, wait_for_version
+from dien.serve.schemas import MAX_LISTED_ERRORS, metric_field
 from dien.serve.scorer import SCORER
 from dien.serve.scoring import ModelVocabulary, ScoreJob, score_jobs
 from dien.train.evaluate import id_translation
@@ -547,6 +548,17 @@ def test_categories_come_from_the_item_table(server, offline, catalog):
     corrected = [i for i, c in enumerate(catalog[:6]) if c["category"] != catalog[7]["category"]]
     assert answers[1]["corrected_categories"] == corrected and corrected
     assert answers[0]["corrected_categories"] == answers[2]["corrected_categories"] == []
+
+
+def test_thousands_of_unknown_fields_get_a_bounded_answer(server, catalog):
+    body = {"user_id": "u1", "candidates": catalog[:1], **{f"field{k}": 1 for k in range(500)}}
+    response = server.post(body)
+    assert response.status_code == 422
+    answer = response.json()
+    assert len(answer["detail"]) == MAX_LISTED_ERRORS and len(response.content) < 5_000
+    assert answer["error"].endswith(f"and {500 - MAX_LISTED_ERRORS} more problems")
+    # The rejection metric's field tag keeps to a fixed set: no series per client-chosen name.
+    assert metric_field("field17") == "other" and metric_field("candidates[3].item_id") == "candidates"
 
 
 def test_keeps_serving_after_invalid_requests(server, offline, catalog):

@@ -26,7 +26,7 @@ from dien.artifacts import load_artifact
 from dien.serve.config import ScorerConfig, ServeArgs, resolve_path
 from dien.serve.history import UserHistoryStore
 from dien.serve.schemas import (ErrorResponse, FieldError, ScoreResponse, describe, error_response_body,
-                                item_and_category_lists, score_request_model)
+                                item_and_category_lists, metric_field, score_request_model)
 from dien.serve.scorer import BatchScorer
 from dien.serve.scoring import ScoreJob, ScoreResult
 
@@ -171,8 +171,9 @@ class Ingress:
                              corrected_categories=result.corrected_categories)
 
     def rejected(self, status: int, errors: list[FieldError]) -> JSONResponse:
-        # Tag by top-level field only: the full path (candidates[517].item_id) would explode the series.
-        fields = sorted({e.field.split("[")[0].split(".")[0] for e in errors})
+        # Tag by a fixed set of top-level fields: full paths (candidates[517].item_id) or a client's unknown field
+        # names would each make a new series.
+        fields = sorted({metric_field(e.field) for e in errors})
         self._rejected.inc(tags={"status": str(status), "field": ",".join(fields)})
         body = error_response_body(errors)
         logger.info("rejected with %d: %s", status, body["error"][:500])

@@ -140,5 +140,23 @@ def describe(error: dict[str, Any]) -> FieldError:
     return FieldError(field=path, message=message)
 
 
+MAX_LISTED_ERRORS = 20
+"""Problems an error response lists; a body with thousands of bad fields gets a bounded answer."""
+METRIC_FIELDS = ("user_id", "history", "candidates", "body", "path", "method")
+"""The values a rejection's ``field`` metric tag takes (anything else counts as ``other``): a client's field
+names must not become new metric series."""
+
+
 def error_response_body(errors: list[FieldError]) -> dict[str, Any]:
-    return ErrorResponse(error="; ".join(f"{e.field}: {e.message}" for e in errors), detail=errors).model_dump()
+    """The 4xx body: the first :data:`MAX_LISTED_ERRORS` problems, and how many more there were."""
+    listed = errors[:MAX_LISTED_ERRORS]
+    summary = "; ".join(f"{e.field}: {e.message}" for e in listed)
+    if len(errors) > len(listed):
+        summary += f"; and {len(errors) - len(listed)} more problems"
+    return ErrorResponse(error=summary, detail=listed).model_dump()
+
+
+def metric_field(field: str) -> str:
+    """A problem's field as a metric tag value: its top-level field if it is one of :data:`METRIC_FIELDS`."""
+    top = field.split("[")[0].split(".")[0]
+    return top if top in METRIC_FIELDS else "other"
