@@ -1,5 +1,6 @@
 """Input handling without Ray: validation, column mapping, JSON/Amazon parsing, paths, vocabularies, histories."""
 import gzip
+import io
 import json
 
 import numpy as np
@@ -8,11 +9,14 @@ import pytest
 
 from dien.data.events import ColumnMapping, InputError, check_events
 from dien.data.formats import (
+    MAX_LINE_BYTES,
     amazon_category,
     check_input_columns,
     expand_inputs,
+    input_columns,
     parse_amazon_meta,
     parse_json_records,
+    read_raw_tables,
     resolve_format,
 )
 from dien.data.samples import PopularitySampler, SampleConfig, build_user_samples, latest_histories
@@ -105,6 +109,42 @@ def test_amazon_category_is_the_last_level_of_the_first_path():
                               '{"asin": "A2", "categories": [["Books"]]}', "not a record", '{"title": "x"}'])
     assert meta.to_pylist() == [{"item_id": "A1", "category": "Kids"}, {"item_id": "A2", "category": "Books"},
                                 {"item_id": None, "category": None}, {"item_id": None, "category": None}]
+
+
+CSV_FIELDS = {"user_id": "user", "item_id": "item", "timestamp": "ts"}
+
+
+def csv_rows(data: bytes) -> tuple[list[dict], dict[str, int]]:
+    """The kept rows and the rejected rows' reasons of a CSV stream."""
+    tables = list(read_raw_tables(io.BytesIO(data), "csv", CSV_FIELDS))
+    rows = [r for t in tables for r in t.to_pylist()]
+    kept = [r for r in rows if r.get("reject_reason") is None]
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r.get("reject_reason") is not None:
+            reasons[r["reject_reason"]] = reasons.get(r["reject_reason"], 0) + 1
+    return kept, reasons
+
+
+def test_one_bad_csv_line_costs_only_itself():
+    good = [b"u%d,i%d,%d\n" % (k, k, k) for k in range(5)]
+    bad_lines = {"invalid UTF-8": b"u\xff\xfe,i9,9\n", "binary data": b"\x00\x01,\x02,3\n",
+                 "unterminated quote": b'u7,"i7,7\n', "line too long": b"u8," + b"x" * (MAX_LINE_BYTES + 10) + b",8\n"}
+    data = b"\xef\xbb\xbfuser,item,ts\n" + b"".join(good[:3] + list(bad_lines.values()) + good[3:])
+    kept, reasons = csv_rows(data)
+    # Every good line is kept (the quote swallows none of the lines after it), every bad one rejected by name.
+    assert [r["user_id"] for r in kept] == [f"u{k}" for k in range(5)]
+    assert reasons == dict.fromkeys(bad_lines, 1)
+    assert csv_rows(b"") == ([], {})
+
+
+def test_a_malformed_first_json_line_is_not_fatal(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text("{not json\n" + json.dumps({"user": "u1", "item": "i1", "ts": 1}) + "\n")
+    assert input_columns(str(path), "jsonl") == {"user", "item", "ts"}
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfuser,item,ts\nu1,i1,1\n")
+    assert input_columns(str(bom), "csv") == {"user", "item", "ts"}
 
 
 def test_inputs_expand_directories_and_globs_and_name_what_is_missing(tmp_path):

@@ -106,18 +106,27 @@ def parse_record(line: str) -> Any:
         return ast.literal_eval(line)
 
 
+FIRST_RECORD_LINES = 1_000
+"""Lines searched for a file's first JSON object (a malformed first line is rejected later, not fatal)."""
+
+
 def _first_record_keys(path: str) -> set[str]:
+    """The keys of the first JSON object among a file's first :data:`FIRST_RECORD_LINES` lines."""
+    seen = 0
     with open_text(path) as f:
         for raw_line in f:
             line = raw_line.decode("utf-8", errors="replace").strip()
-            if line:
-                try:
-                    record = parse_record(line)
-                except (ValueError, SyntaxError) as error:
-                    raise InputError(f"cannot parse the first record of {path}: {error}") from None
-                if not isinstance(record, dict):
-                    raise InputError(f"the first record of {path} is not an object")
+            if not line:
+                continue
+            seen += 1
+            try:
+                record = parse_record(line)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                record = None
+            if isinstance(record, dict):
                 return set(record)
+            if seen == FIRST_RECORD_LINES:
+                raise InputError(f"{path}: no JSON object among its first {FIRST_RECORD_LINES} lines")
     return set()
 
 
@@ -129,7 +138,7 @@ def input_columns(path: str, format: str) -> set[str] | None:
         if format == "jsonl":
             return _first_record_keys(path) or None
         with open_text(path) as f:
-            header = f.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+            header = f.readline().decode("utf-8", errors="replace").removeprefix("\ufeff").rstrip("\r\n")
         if not header:
             return None
         delimiter = "\t" if format == "tsv" else ","
@@ -152,30 +161,101 @@ def check_input_columns(files: list[str], format: str, columns: dict[str, str]) 
                                  f"it has {', '.join(sorted(present))}")
 
 
+MAX_LINE_BYTES = 1 << 20
+"""A CSV/TSV line longer than this is rejected (``line too long``) instead of stalling the parser."""
+
+
+class _RawReader(io.RawIOBase):
+    """Any stream with ``read(n)`` (Arrow's input streams have no ``readline``) as a raw file to buffer."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._f.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _screened_lines(f: BinaryIO) -> Iterator[tuple[bytes | None, str | None, str]]:
+    """Each line of a CSV/TSV stream as (the line, or None when it is rejected; the reason; its text).
+
+    The screen keeps one bad line from costing more than itself: invalid UTF-8 and binary bytes, an
+    over-long line and an unterminated quote (values may not span lines) are rejected on their own line, so
+    the parser never sees them and cannot swallow the good lines after them. A UTF-8 byte-order mark is dropped.
+    """
+    first = True
+    while True:
+        line = f.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):  # the rest of the long line
+                line = f.readline(MAX_LINE_BYTES)
+            yield None, "line too long", f"(a line over {MAX_LINE_BYTES} bytes)"
+            continue
+        if first and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        first = False
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            yield None, "invalid UTF-8", line.decode("utf-8", errors="replace").rstrip("\r\n")
+            continue
+        if "\x00" in text:
+            yield None, "binary data", text.rstrip("\r\n").replace("\x00", "\\x00")
+        elif text.count('"') % 2:
+            yield None, "unterminated quote", text.rstrip("\r\n")
+        elif text.strip():
+            yield line if line.endswith(b"\n") else line + b"\n", None, ""
+
+
 def _csv_tables(f: BinaryIO, format: str, columns: dict[str, str]) -> Iterator[pa.Table]:
+    """Raw tables of a CSV/TSV stream, :data:`ROWS_PER_BLOCK` lines at a time: the header, then each block
+    of screened lines (:func:`_screened_lines`) parsed by Arrow; a row Arrow cannot read, or a screened-out
+    line, becomes a rejected row with its reason. An empty file has no rows."""
+    lines = _screened_lines(io.BufferedReader(_RawReader(f), buffer_size=1 << 20))
+    header = next((line for line, _, _ in lines if line is not None), None)
+    if header is None:
+        return
+    schema = pa.schema([(c, pa.string()) for c in columns])
     malformed: list[str] = []
 
     def skip_malformed(row: Any) -> str:
         malformed.append(row.text)
         return "skip"
 
-    reader = pa_csv.open_csv(
-        f,
-        read_options=pa_csv.ReadOptions(block_size=8 << 20),
-        parse_options=pa_csv.ParseOptions(delimiter="\t" if format == "tsv" else ",",
-                                          invalid_row_handler=skip_malformed),
-        convert_options=pa_csv.ConvertOptions(include_columns=list(columns.values()),
-                                              column_types={c: pa.string() for c in columns.values()}),
-    )
-    for batch in reader:
-        table = pa.Table.from_batches([batch]).rename_columns(list(columns))
-        if malformed:
-            table = pa.concat_tables([table, _unreadable_rows(malformed, "malformed row", table.schema)],
-                                     promote_options="default")
-            malformed.clear()
-        yield table
-    if malformed:
-        yield _unreadable_rows(malformed, "malformed row", pa.schema([(c, pa.string()) for c in columns]))
+    def parse(block: list[bytes], rejected: list[tuple[str, str]]) -> pa.Table:
+        tables = []
+        if block:
+            table = pa_csv.read_csv(
+                io.BytesIO(header + b"".join(block)),
+                parse_options=pa_csv.ParseOptions(delimiter="\t" if format == "tsv" else ",",
+                                                  invalid_row_handler=skip_malformed),
+                convert_options=pa_csv.ConvertOptions(include_columns=list(columns.values()),
+                                                      column_types={c: pa.string() for c in columns.values()}))
+            tables.append(table.select(list(columns.values())).rename_columns(list(columns)))
+        reasons = [("malformed row", text) for text in malformed] + rejected
+        malformed.clear()
+        for reason in sorted({r for r, _ in reasons}):
+            tables.append(_unreadable_rows([t for r, t in reasons if r == reason], reason, schema))
+        return pa.concat_tables(tables, promote_options="default")
+
+    block: list[bytes] = []
+    rejected: list[tuple[str, str]] = []
+    for line, reason, text in lines:
+        if line is None:
+            rejected.append((reason, text))
+        else:
+            block.append(line)
+        if len(block) + len(rejected) >= ROWS_PER_BLOCK:
+            yield parse(block, rejected)
+            block, rejected = [], []
+    if block or rejected:
+        yield parse(block, rejected)
 
 
 def _unreadable_rows(texts: list[str], reason: str, schema: pa.Schema) -> pa.Table:
