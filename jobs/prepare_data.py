@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-events", help="comma-separated event types to keep, e.g. click,buy")
     parser.add_argument("--meta", nargs="+", action="extend", default=[], metavar="PATH",
                         help="amazon: metadata files (asin, categories)")
+    parser.add_argument("--strict", action="store_true",
+                        help="a log file that cannot be read stops the job (default: its rows read so far are kept "
+                             "and it counts as one rejected row, 'unreadable file', naming it)")
     items = parser.add_argument_group("item table (events source)")
     items.add_argument("--items", nargs="+", action="extend", default=[], metavar="PATH",
                        help="item table files giving each item's category (e.g. MovieLens movies.csv); the log's "
@@ -78,6 +81,7 @@ def build_config(args: argparse.Namespace) -> PrepareConfig:
         keep_events=tuple(e.strip() for e in args.keep_events.split(",")) if args.keep_events else None,
         meta=tuple(args.meta), synthetic=synthetic, items=tuple(args.items), items_format=args.items_format,
         item_columns=ItemColumns.parse(args.item_columns), category_separator=args.category_separator or None,
+        strict=args.strict,
     )
     return from_options(args, PrepareConfig, out=args.out, source=source, samples=from_options(args, SampleConfig))
 

@@ -5,6 +5,7 @@ Uses the session-wide ``ray_session`` fixture of conftest.py (one Ray per test s
 import gzip
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -257,9 +258,21 @@ def test_missing_column_file_or_events_and_unreadable_files_are_clear_errors(ray
         f.write("uid,sku,cat,ts,kind\n" + "u1,i1,c1,1,click\n" * 1000)
     data = (tmp_path / "broken.csv.gz").read_bytes()
     (tmp_path / "broken.csv.gz").write_bytes(data[: len(data) // 2])
+    broken = SourceConfig(kind="events", inputs=(str(tmp_path / "broken.csv.gz"), str(tmp_path / "e.csv")),
+                          columns=COLUMNS, strict=True)
     with pytest.raises(InputError, match="cannot read .*broken.csv.gz"):
-        run(tmp_path, name="o4", source=SourceConfig(kind="events", inputs=(str(tmp_path / "broken.csv.gz"),),
-                                                     columns=COLUMNS))
+        run(tmp_path, name="o4", source=broken)
+    # By default a broken file costs only what it could not read: its rows read so far and every other file are
+    # kept, and it counts as one rejected row that names it.
+    dataset = run(tmp_path, name="o5", source=replace(broken, strict=False))
+    manifest = dataset.manifest
+    assert manifest["rejected"] == {"unreadable file": 1}
+    events = manifest["events"]
+    assert events["read"] == events["kept"] + events["filtered"] + events["rejected"]
+    assert len(rows) <= events["kept"] < len(rows) + 1000  # the other file whole, the broken one up to its break
+    rejects = dataset.rejects()
+    assert rejects.column("source").to_pylist() == [str(tmp_path / "broken.csv.gz")]
+    assert "cannot read" in rejects.column("record")[0].as_py()
 
 
 def test_output_directory_is_replaced_only_when_it_holds_a_dataset(ray_session, tmp_path):

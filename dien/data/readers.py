@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.datasource import FileBasedDatasource
 
-from dien.data.events import ColumnMapping, InputError, ItemColumns, check_events
+from dien.data.events import MAX_RECORD_CHARS, ColumnMapping, InputError, ItemColumns, check_events
 from dien.data.formats import (
     AMAZON_REVIEW_COLUMNS,
     ITEM_CATEGORY_SCHEMA,
@@ -74,6 +74,9 @@ class SourceConfig:
     """amazon: the metadata files (JSON or Python-literal lines with ``asin`` and ``categories``)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """synthetic: the generator's knobs."""
+    strict: bool = False
+    """A log file that cannot be read (a corrupt gzip stream, not the format it claims) stops the job; False:
+    its rows read so far are kept and the file counts as one rejected row (``unreadable file``) naming it."""
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCES:
@@ -115,12 +118,16 @@ class SourceConfig:
 
 
 class _ParsedFiles(FileBasedDatasource):
-    """Files parsed by ``parse(file, path) -> tables``; a failure names the file."""
+    """Files parsed by ``parse(file, path) -> tables``; a failure names the file, and with ``unreadable`` (which
+    turns the path and the error into a table of one rejected row) the rows read before it are kept and the
+    file is reported instead of stopping the job."""
 
-    def __init__(self, files: list[str], parse: Callable[[Any, str], Iterator[pa.Table]], random_access: bool):
+    def __init__(self, files: list[str], parse: Callable[[Any, str], Iterator[pa.Table]], random_access: bool,
+                 unreadable: Callable[[str, str], pa.Table] | None = None):
         super().__init__(files)
         self._parse = parse
         self._random_access = random_access
+        self._unreadable = unreadable
 
     def _open_input_source(self, filesystem, path: str, **open_args):
         if self._random_access:
@@ -133,7 +140,12 @@ class _ParsedFiles(FileBasedDatasource):
         except InputError:
             raise
         except Exception as error:  # any parser failure: the message must name the file
-            raise InputError(f"cannot read {path}: {type(error).__name__}: {error}") from None
+            message = f"cannot read {path}: {type(error).__name__}: {error}"
+            if self._unreadable is None:
+                raise InputError(message) from None
+            logger.warning("%s; its rows read so far are kept, the rest of the file is skipped (--strict stops "
+                           "the job instead)", message)
+            yield self._unreadable(path, message)
 
 
 def _checked_file(f, path: str, format: str, columns: dict[str, str], keep_events: tuple[str, ...] | None,
@@ -228,4 +240,14 @@ def read_checked_events(source: SourceConfig) -> ray.data.Dataset:
     logger.info("%s: %d %s files", source.kind, len(files), format)
     parse = partial(_checked_file, format=format, columns=columns, keep_events=source.keep_events,
                     item_categories=item_categories, category_optional=bool(source.items))
-    return ray.data.read_datasource(_ParsedFiles(files, parse, random_access=format == "parquet"))
+    unreadable = None if source.strict else partial(_unreadable_file, columns=columns,
+                                                    category_optional=bool(source.items))
+    return ray.data.read_datasource(_ParsedFiles(files, parse, random_access=format == "parquet",
+                                                 unreadable=unreadable))
+
+
+def _unreadable_file(path: str, message: str, columns: dict[str, str], category_optional: bool) -> pa.Table:
+    """A file that failed mid-read, as one rejected row (``unreadable file``) whose record is the error."""
+    raw = pa.table({**{name: pa.nulls(1, pa.string()) for name in columns},
+                    "reject_reason": pa.array(["unreadable file"]), "record": pa.array([message[:MAX_RECORD_CHARS]])})
+    return check_events(raw, path, category_optional=category_optional)
