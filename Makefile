@@ -4,8 +4,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup cpu-extension test demo compare benchmark-qps benchmark-quality gpu-check cluster-up cluster-down clean
 
-# Re-installs only when the package definition changes.
+# Re-installs only when the package definition changes; redis-server (the Redis history store's tests) from
+# Debian's packages when missing and installable.
 setup: $(STAMP) cpu-extension
+	bash platform/install-redis.sh
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)

@@ -11,6 +11,7 @@ from dien.data.pipeline import PrepareConfig, prepare
 from dien.data.readers import SourceConfig
 from dien.data.samples import SampleConfig
 from dien.data.synthetic import SyntheticConfig, generate
+from servers import redis_server_in
 
 SMALL_WORLD = SyntheticConfig(n_users=800, n_items=200, n_categories=20, min_events=5, max_events=30,
                               drift=0.3, successors=2, noise=0.05, block_size=250, seed=3)
@@ -56,3 +57,11 @@ def prepared_dataset(ray_session, tmp_path_factory) -> DatasetDir:
     prepare(PrepareConfig(out=str(out), source=SourceConfig(synthetic=world), samples=SampleConfig(max_len=30),
                           partitions=2))
     return DatasetDir(out)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the session (tests keep apart by key prefix)."""
+    server = redis_server_in(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -8,7 +8,6 @@ applies it (declaratively, so a ``user_config`` change reaches running replicas)
 """
 import importlib
 import math
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -34,20 +33,23 @@ from dien.data.vocab import Vocabulary
 from dien.model import ModelConfig, build_model
 from dien.serve import RequestLimits, ScorerConfig, ServeArgs
 from dien.serve.batch_scoring import BatchScoringConfig, score_requests
-from dien.serve.config import resolve_path
+from dien.serve.config import RedisStoreConfig, resolve_path
 from dien.serve.history import UserHistoryStore
+from dien.serve.history_load import LoadConfig, load_histories
 from dien.serve.ingress import BATCH_SIZE_HEADER, INGRESS, current_request_id
 from dien.bench.redeploy_check import LoadProbe, config_with_model, wait_for_version
 from dien.serve.schemas import MAX_LISTED_ERRORS, metric_field
 from dien.serve.scorer import SCORER
 from dien.serve.scoring import ModelVocabulary, ScoreJob, score_jobs
 from dien.train.evaluate import id_translation
+from servers import free_port
 
 SERVE_CONFIGS = Path(__file__).resolve().parents[1] / "serve_configs"
 APP = "dien-test"
 MAX_LEN = 25
 """Shorter than the test dataset's 30, so stored histories are truncated too."""
-LIMITS = RequestLimits(max_candidates=40, max_history=60, max_id_chars=32, max_body_bytes=16_384)
+LIMITS = RequestLimits(max_candidates=40, max_history=60, max_id_chars=32, max_body_bytes=16_384,
+                       max_events=20)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -164,12 +166,6 @@ class Server:
 
     def get(self, path: str) -> requests.Response:
         return requests.get(f"{self.url}{path}", timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 BATCHING = {"batch_wait_timeout_s": 0.05}
@@ -569,6 +565,7 @@ def test_keeps_serving_after_invalid_requests(server, offline, catalog):
 def test_health_model_and_docs_endpoints(server, offline):
     health = server.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.json()["history"] == {"store": "snapshot", "users": len(offline["a"].stored)}
     assert health.json()["model"]["version"] == offline["a"].version
     model = server.get("/v1/model").json()
     manifest = offline["a"].artifact.manifest
@@ -577,7 +574,7 @@ def test_health_model_and_docs_endpoints(server, offline):
     assert model["vocab_sizes"] == manifest["vocab_sizes"] and model["metrics"] == manifest["metrics"]
     assert server.get("/docs").status_code == 200
     schema = server.get("/openapi.json").json()
-    assert "/v1/score" in schema["paths"]
+    assert "/v1/score" in schema["paths"] and "/v1/events" in schema["paths"]
     schemas = schema["components"]["schemas"]
     objects, _ = schemas["ScoreRequest"]["properties"]["candidates"]["oneOf"]
     assert objects["maxItems"] == schemas["CandidateColumns"]["properties"]["item_id"]["maxItems"] == \
@@ -612,6 +609,91 @@ def test_scoring_in_the_ingress_gives_the_same_scores_and_rejects_contradicting_
     assert rejected.status_code == 422, rejected.text
     assert [p["field"] for p in rejected.json()["detail"]] == ["candidates[1].category"]
     assert "item table" in rejected.json()["error"]
+
+
+def redis_app(server, artifacts, prepared_dataset, redis_server, prefix: str, replicas: int = 2) -> str:
+    """Deploys, beside the main app, one scoring in its ``replicas`` Ingress replicas with histories in Redis
+    (loaded from the dataset under ``prefix``); its URL."""
+    load_histories(LoadConfig(redis=RedisStoreConfig(url=redis_server.url, key_prefix=prefix),
+                              dataset=str(prepared_dataset.path)))
+    main = local_config(artifacts["a"], prepared_dataset.path, **BATCHING).model_dump(mode="json", exclude_unset=True)
+    fresh = in_ingress_app(artifacts["a"], prepared_dataset.path, prefix)
+    fresh["args"]["history"] = {"store": "redis", "url": redis_server.url, "key_prefix": prefix, "timeout_s": 0.5}
+    fresh["deployments"][0]["num_replicas"] = replicas
+    server.deploy(ServeDeploySchema.model_validate({**main, "applications": [*main["applications"], fresh]}))
+    return f"{server.url}/{prefix}"
+
+
+def test_an_event_is_seen_by_the_next_score_through_any_ingress_replica(
+        server, offline, catalog, artifacts, prepared_dataset, redis_server):
+    url = redis_app(server, artifacts, prepared_dataset, redis_server, "fresh")
+    assert requests.get(f"{url}/healthz", timeout=60).json()["history"]["store"] == "redis"
+    stored_user = list(offline["a"].stored)[4]
+    body = {"user_id": stored_user, "candidates": catalog[:10]}
+    assert_scored(requests.post(f"{url}/v1/score", json=body, timeout=60), body, offline["a"])
+    history, stale = [], 0
+    for t in range(12):
+        event = {"user_id": "newcomer", "item_id": catalog[t]["item_id"], "timestamp": 1000.0 + t}
+        stored = requests.post(f"{url}/v1/events", json={"events": [event, event]}, timeout=60)
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["stored"] == 1 and stored.json()["duplicates"] == [1]
+        history.append({"item_id": event["item_id"]})
+        answer = requests.post(f"{url}/v1/score", json={"user_id": "newcomer", "candidates": catalog[20:25]},
+                               timeout=60)
+        stale += answer.json()["history_length"] != t + 1
+        expected, _ = offline["a"].score({"history": history, "candidates": catalog[20:25]})
+        np.testing.assert_allclose(answer.json()["scores"], expected, rtol=0, atol=1e-5)
+    assert stale == 0
+    late = {"user_id": "newcomer", "item_id": catalog[30]["item_id"], "timestamp": 999.0, "event_type": "click"}
+    assert requests.post(f"{url}/v1/events", json={"events": [late]}, timeout=60).json()["stored"] == 1
+    body = {"user_id": "newcomer", "candidates": catalog[20:25]}
+    expected, length = offline["a"].score({"history": [{"item_id": late["item_id"]}, *history],
+                                           "candidates": catalog[20:25]})
+    answer = requests.post(f"{url}/v1/score", json=body, timeout=60).json()
+    assert answer["history_length"] == length == 13
+    np.testing.assert_allclose(answer["scores"], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("events, field", [
+    ([{"user_id": "u", "item_id": "i"}], "events[0].timestamp"),
+    ([{"user_id": "u", "item_id": "i", "timestamp": -1}], "events[0].timestamp"),
+    ([{"user_id": "u", "item_id": "i", "timestamp": "soon"}], "events[0].timestamp"),
+    ([{"user_id": "u", "item_id": "i", "timestamp": 1, "colour": "red"}], "events[0].colour"),
+    ([{"user_id": "u", "item_id": "x" * (LIMITS.max_id_chars + 1), "timestamp": 1}], "events[0].item_id"),
+    ([], "events"),
+    ([{"user_id": "u", "item_id": "i", "timestamp": 1}] * (LIMITS.max_events + 1), "events"),
+])
+def test_invalid_events_get_a_422_naming_the_field(server, events, field):
+    answer = requests.post(f"{server.url}/v1/events", json={"events": events}, timeout=60)
+    assert answer.status_code == 422, answer.text
+    assert [p["field"] for p in answer.json()["detail"]] == [field]
+
+
+def test_events_to_the_snapshot_store_are_refused_naming_it(server):
+    answer = requests.post(f"{server.url}/v1/events",
+                           json={"events": [{"user_id": "u", "item_id": "i", "timestamp": 1}]}, timeout=60)
+    assert answer.status_code == 409 and "read-only snapshot" in answer.json()["error"], answer.text
+
+
+def test_a_store_that_is_down_gets_503s_naming_it_until_it_is_back(
+        server, offline, catalog, artifacts, prepared_dataset, redis_server):
+    url = redis_app(server, artifacts, prepared_dataset, redis_server, "outage", replicas=1)
+    user = list(offline["a"].stored)[7]
+    redis_server.stop()
+    try:
+        for answer in (requests.post(f"{url}/v1/score", json={"user_id": user, "candidates": catalog[:3]}, timeout=60),
+                       requests.post(f"{url}/v1/events", json={"events": [
+                           {"user_id": user, "item_id": "i", "timestamp": 1}]}, timeout=60)):
+            assert answer.status_code == 503 and answer.headers["Retry-After"] == "1", answer.text
+            assert f"redis redis://127.0.0.1:{redis_server.port}/0" in answer.json()["error"]
+        assert requests.get(f"{url}/healthz", timeout=60).status_code == 503
+        own_history = {"history": [{"item_id": catalog[0]["item_id"]}], "candidates": catalog[:3]}
+        assert_scored(requests.post(f"{url}/v1/score", json=own_history, timeout=60), own_history, offline["a"])
+    finally:
+        redis_server.start()
+    assert requests.get(f"{url}/healthz", timeout=60).status_code == 200
+    answer = requests.post(f"{url}/v1/score", json={"user_id": user, "candidates": catalog[:3]}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["history_length"] == 0  # no persistence: the store is empty
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float = 60.0) -> None:

@@ -1,4 +1,4 @@
-"""A concurrent HTTP load generator (asyncio + aiohttp) for ``POST /v1/score``.
+"""A concurrent HTTP load generator (asyncio + aiohttp) for ``POST /v1/score`` (or a workload's own endpoint).
 
 Two ways to drive a server:
 
@@ -113,8 +113,8 @@ class _Window:
         return result
 
 
-def _score_url(url: str) -> str:
-    return url.rstrip("/") + "/v1/score"
+def _target(url: str, workload: Workload) -> str:
+    return url.rstrip("/") + workload.path
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> str | None:
@@ -140,7 +140,7 @@ async def closed_loop(url: str, workload: Workload, concurrency: int,
     """Keep ``concurrency`` requests in flight for the warm-up and the window; measure the window."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    target, bodies = _score_url(url), workload.bodies
+    target, bodies = _target(url, workload), workload.bodies
     now = time.perf_counter()
     window = _Window(now + settings.warmup_s, now + settings.warmup_s + settings.duration_s)
 
@@ -167,7 +167,7 @@ async def open_loop(url: str, workload: Workload, rate: float,
     the request's intended send time to its answer."""
     if rate <= 0:
         raise ValueError(f"rate must be positive, got {rate}")
-    target, bodies = _score_url(url), workload.bodies
+    target, bodies = _target(url, workload), workload.bodies
     interval = 1.0 / rate
     origin = time.perf_counter()
     window = _Window(origin + settings.warmup_s, origin + settings.warmup_s + settings.duration_s)

@@ -22,9 +22,11 @@ class Workload:
     """What the load generator sends: pre-encoded JSON bodies, cycled through."""
 
     bodies: tuple[bytes, ...]
-    """``POST /v1/score`` bodies, UTF-8 JSON."""
+    """Request bodies, UTF-8 JSON, for ``path``."""
     candidates: int
-    """Candidates per request (every body has this many)."""
+    """Candidates per request (every body has this many); for events, the events per request."""
+    path: str = "/v1/score"
+    """The endpoint the bodies are posted to."""
 
     @property
     def mean_body_bytes(self) -> float:
@@ -77,3 +79,20 @@ def score_bodies(data: str | Path, candidates: int, requests: int = 512, inline_
                                          vocab.category.lookup(np.asarray(hist_cats[n])), form)
         bodies.append(json.dumps(body, separators=(",", ":")).encode())
     return Workload(bodies=tuple(bodies), candidates=candidates)
+
+
+def event_bodies(data: str | Path, events: int, requests: int = 512, users: int = 4096, seed: int = 0) -> Workload:
+    """``requests`` distinct ``POST /v1/events`` bodies of ``events`` behaviors each, for ``users`` new users
+    (``bench-user-<n>``, apart from the dataset's) and items of the dataset at ``data`` by popularity."""
+    vocab = DatasetDir(data).vocabularies()
+    items = np.asarray(vocab.item.tokens.to_pylist(), dtype=object)
+    popularity = np.asarray(vocab.item.counts, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    bodies = []
+    for n in range(requests):
+        picked = items[rng.choice(len(items), size=events, p=popularity / popularity.sum())]
+        owners = rng.integers(users, size=events)
+        body = {"events": [{"user_id": f"bench-user-{u}", "item_id": item, "timestamp": 1_700_000_000 + n * events + i}
+                           for i, (u, item) in enumerate(zip(owners.tolist(), picked.tolist()))]}
+        bodies.append(json.dumps(body, separators=(",", ":")).encode())
+    return Workload(bodies=tuple(bodies), candidates=events, path="/v1/events")

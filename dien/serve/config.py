@@ -9,9 +9,9 @@ to running replicas, so batch size, batch wait and torch threads are in ``Scorer
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 
 class RequestLimits(BaseModel):
@@ -28,6 +28,41 @@ class RequestLimits(BaseModel):
     """Longest ``user_id``, ``item_id`` or ``category`` string (longer: 422 on that field)."""
     max_body_bytes: PositiveInt = 1 << 20
     """Largest request body in bytes (larger: 413)."""
+    max_events: PositiveInt = 1000
+    """Most behaviors in one ``POST /v1/events`` (more: 422 on ``events``)."""
+
+
+class SnapshotStoreConfig(BaseModel):
+    """The read-only user-history snapshot of a prepared dataset, loaded into each ingress replica (nothing
+    to start; a behavior becomes visible with the next ``prepare_data.py`` run and deploy)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    store: Literal["snapshot"] = "snapshot"
+    path: str = Field(min_length=1)
+    """A prepared dataset directory, or the ``user_history.parquet`` inside one (its ``vocab/`` gives the
+    stored ids their tokens). Relative paths resolve like ``model``."""
+
+
+class RedisStoreConfig(BaseModel):
+    """User histories in Redis, shared by every ingress replica and written by ``POST /v1/events`` and
+    ``jobs/load_histories.py`` (``dien.serve.redis_history`` has the key layout)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    store: Literal["redis"] = "redis"
+    url: str = "redis://127.0.0.1:6379/0"
+    """``redis://[:password@]host:port/db`` (``rediss://`` for TLS)."""
+    key_prefix: str = Field("dien", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Namespace of this application's keys: two deployments on one Redis keep apart by prefix."""
+    max_len: PositiveInt = 200
+    """Newest behaviors kept per user (older ones are dropped as events arrive); at least the served
+    model's ``max_len``, which is what the scorer reads."""
+    timeout_s: PositiveFloat = 1.0
+    """Connect and read timeout of one Redis call; past it the request gets a 503 naming the store."""
+
+
+HistoryStoreConfig = Annotated[Union[SnapshotStoreConfig, RedisStoreConfig], Field(discriminator="store")]
 
 
 class ServeArgs(BaseModel):
@@ -38,10 +73,10 @@ class ServeArgs(BaseModel):
     model: str = Field(min_length=1)
     """Model artifact directory (``dien.artifacts``). Relative paths resolve against each replica's
     working directory: the directory ``ray start --head`` or ``serve run`` was started in."""
-    history: str | None = None
-    """The user-history store: a prepared dataset directory, or the ``user_history.parquet`` inside one
-    (its ``vocab/`` gives the stored ids their tokens). None: no store, every user without a
-    request-given history scores with an empty history. Relative paths resolve like ``model``."""
+    history: str | HistoryStoreConfig | None = None
+    """The user-history store: ``{store: redis, url: ...}`` (:class:`RedisStoreConfig`), ``{store: snapshot,
+    path: ...}`` or just the snapshot's path (:class:`SnapshotStoreConfig`). None: no store, every user
+    without a request-given history scores with an empty history."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the scorer runs the model; auto: the GPU when Ray gave the replica one, else the CPU."""
     limits: RequestLimits = RequestLimits()

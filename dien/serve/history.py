@@ -1,14 +1,22 @@
-"""The user-history store: each user's latest behaviors (``user_history.parquet`` of a prepared dataset),
-looked up by the user's string id while serving.
+"""User-history stores: each user's latest behaviors as tokens, looked up by the user's string id while serving.
 
-Millions of users fit because nothing is a Python object per user or per behavior: users are rows of
+Two stores share the :class:`HistoryStore` interface, chosen by the Serve config's ``history``:
+
+- :class:`UserHistoryStore`, the snapshot: ``user_history.parquet`` of a prepared dataset, loaded into each
+  ingress replica; read-only (nothing to start, what the embedded default uses);
+- :class:`dien.serve.redis_history.RedisHistoryStore`: one Redis shared by every replica, written by
+  ``POST /v1/events`` and ``jobs/load_histories.py``, so a behavior is seen by the next request.
+
+The snapshot's millions of users fit because nothing is a Python object per user or per behavior: users are rows of
 flat NumPy arrays sorted by a 64-bit hash of their id (binary search, the id itself compared to rule out
 collisions), histories are offsets into two int32 arrays of the dataset's vocabulary ids, and the
 vocabularies' tokens stay Arrow string arrays. About 16 bytes per user plus 8 per behavior plus the ids.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +24,72 @@ import pyarrow.parquet as pq
 
 from dien.data.dataset_dir import USER_HISTORY_FILE, USER_HISTORY_SCHEMA, VOCAB_DIR, DatasetDir
 from dien.data.vocab import RESERVED, VOCAB_FILES, Vocabulary
+
+Behaviors = tuple[list[str | None], list[str | None]]
+"""(item tokens, category tokens) of a history, oldest first; a category of None: the item table's."""
+
+
+@dataclass(frozen=True)
+class BehaviorEvent:
+    """One behavior to append to its user's history (a row of ``POST /v1/events``)."""
+
+    user_id: str
+    item_id: str | None
+    """None only from a prepared dataset's history: a behavior its vocabulary has no token for (it scores as
+    the out-of-vocabulary item, as it did in the snapshot)."""
+    timestamp: float
+    """Seconds since the epoch: the history is kept in timestamp order whatever the arrival order."""
+    category: str | None = None
+    """None: the model's item table gives the item's category when it is scored."""
+    event_type: str | None = None
+    event_id: str | None = None
+    """Applied once per user: a repeat with the same id is a duplicate. None: the event's other fields
+    are its id, so an exact repeat (a client's retry) is a duplicate too."""
+
+    def key(self) -> str:
+        """The id duplicates are recognized by."""
+        if self.event_id is not None:
+            return self.event_id
+        return f"{self.timestamp!r}/{self.item_id}/{self.category}/{self.event_type}"
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    stored: list[int]
+    """Positions (0-based, in the request) of the events appended."""
+    duplicates: list[int]
+    """Positions of the events already applied (same user and event id), left as they were."""
+
+
+class HistoryStoreError(Exception):
+    """A store cannot do what was asked; the message names the store."""
+
+
+class StoreUnavailable(HistoryStoreError):
+    """The store does not answer (down, unreachable, too slow): the request may succeed when retried."""
+
+
+class ReadOnlyStore(HistoryStoreError):
+    """The store takes no events (the snapshot)."""
+
+
+class HistoryStore(Protocol):
+    """What the ingress asks of a user-history store."""
+
+    name: str
+    """Says which store, for messages and ``/healthz`` (never holds a password)."""
+
+    async def history(self, user_id: str) -> Behaviors | None:
+        """The user's newest behaviors, oldest first, or None for a user the store does not know."""
+
+    async def append(self, events: Sequence[BehaviorEvent]) -> AppendResult:
+        """Append ``events`` to their users' histories, each in timestamp order, duplicates applied once."""
+
+    async def health(self) -> dict[str, object]:
+        """Facts for ``/healthz``; raises :class:`StoreUnavailable` when the store does not answer."""
+
+    async def close(self) -> None:
+        """Release connections."""
 
 
 def _hash_ids(user_ids: list[str]) -> np.ndarray:
@@ -25,7 +99,7 @@ def _hash_ids(user_ids: list[str]) -> np.ndarray:
 
 
 class UserHistoryStore:
-    """Latest history of each known user as tokens (oldest first), from flat arrays."""
+    """The snapshot: latest history of each known user as tokens (oldest first), from flat arrays."""
 
     def __init__(self, table: pa.Table, items: Vocabulary, categories: Vocabulary, source: str = "table") -> None:
         """``table``: ``USER_HISTORY_SCHEMA`` rows, ids in the vocabularies ``items`` and ``categories``."""
@@ -49,6 +123,7 @@ class UserHistoryStore:
                                  f"(0..{len(vocabulary) - 1}); are the history and vocab/ from the same dataset?")
         self._item_tokens = items.tokens
         self._cat_tokens = categories.tokens
+        self.name = f"snapshot {source}"
         self._check_unique(source)
 
     def _check_unique(self, source: str) -> None:
@@ -106,3 +181,17 @@ class UserHistoryStore:
     def _tokens(tokens: pa.Array, ids: np.ndarray) -> list[str | None]:
         index = ids.astype(np.int64) - RESERVED
         return tokens.take(pa.array(index, mask=index < 0)).to_pylist()
+
+    async def history(self, user_id: str) -> Behaviors | None:
+        return self.lookup(user_id)
+
+    async def append(self, events: Sequence[BehaviorEvent]) -> AppendResult:
+        raise ReadOnlyStore(f"the user-history store is a read-only {self.name}: events need the Redis store "
+                            "(history: {store: redis, url: ...} in the Serve config's args)")
+
+    async def health(self) -> dict[str, object]:
+        return {"store": "snapshot", "users": len(self)}
+
+    async def close(self) -> None:
+        return None
+

@@ -1,11 +1,12 @@
 """The HTTP ingress deployment: validates requests, resolves histories, calls the scorer (a deployment of its
-own, or in this process with ``scoring: in_ingress``).
+own, or in this process with ``scoring: in_ingress``), appends behavior events to the user-history store.
 
-The user-history store lives here rather than in a deployment of its own: a lookup is a binary search and
-a slice (microseconds), far less than the extra hop and serialization a separate deployment would add to
-every request, and the ingress is the CPU-only, independently scaled tier (the scorer may hold a GPU and
-should spend its batch loop on tensors only). Each ingress replica holds a copy of the store
-(see ``UserHistoryStore`` for its size).
+The user-history store is read here rather than in a deployment of its own: a lookup is a binary search and a
+slice in the snapshot (microseconds) or one ``ZRANGE`` in Redis, far less than the extra hop and
+serialization a separate deployment would add to every request, and the ingress is the CPU-only,
+independently scaled tier (the scorer may hold a GPU and should spend its batch loop on tensors only). Each
+ingress replica holds a copy of the snapshot (see ``UserHistoryStore`` for its size) or a connection pool to
+the one Redis they share.
 """
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime, and the
 # request model is a local class built from the limits.
@@ -23,10 +24,13 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dien.artifacts import load_artifact
-from dien.serve.config import ScorerConfig, ServeArgs, resolve_path
-from dien.serve.history import UserHistoryStore
-from dien.serve.schemas import (ErrorResponse, FieldError, ScoreResponse, describe, error_response_body,
-                                item_and_category_lists, metric_field, score_request_model)
+from dien.serve.config import RedisStoreConfig, ScorerConfig, ServeArgs, SnapshotStoreConfig, resolve_path
+from dien.serve.history import (BehaviorEvent, HistoryStore, HistoryStoreError, ReadOnlyStore, StoreUnavailable,
+                                UserHistoryStore)
+from dien.serve.redis_history import RedisHistoryStore
+from dien.serve.schemas import (ErrorResponse, EventsResponse, FieldError, ScoreResponse, describe,
+                                error_response_body, events_request_model, item_and_category_lists, metric_field,
+                                score_request_model)
 from dien.serve.scorer import BatchScorer
 from dien.serve.scoring import ScoreJob, ScoreResult
 
@@ -37,6 +41,18 @@ INGRESS = "Ingress"
 BATCH_SIZE_HEADER = "X-DIEN-Batch-Size"
 """Response header: how many requests were scored in the same batch as this one."""
 HEALTH_TIMEOUT_S = 2.0
+RETRY_AFTER_S = 1
+"""``Retry-After`` of a 503 for a store that did not answer."""
+
+
+def open_history_store(config: str | SnapshotStoreConfig | RedisStoreConfig | None) -> HistoryStore | None:
+    """The store a Serve config's ``history`` names (a bare string: a snapshot's path); None for None."""
+    if config is None:
+        return None
+    if isinstance(config, RedisStoreConfig):
+        return RedisHistoryStore(config)
+    path = config.path if isinstance(config, SnapshotStoreConfig) else config
+    return UserHistoryStore.load(resolve_path(path, "user history"))
 
 
 class RemoteScorer:
@@ -110,7 +126,7 @@ class DeclaredBodyLimit:
 )
 @serve.ingress()
 class Ingress:
-    """``POST /v1/score``, ``GET /v1/model``, ``GET /healthz``; OpenAPI at ``/docs``."""
+    """``POST /v1/score``, ``POST /v1/events``, ``GET /v1/model``, ``GET /healthz``; OpenAPI at ``/docs``."""
 
     def __init__(self, scorer: DeploymentHandle | None, args: ServeArgs) -> None:
         """``scorer``: the Scorer deployment's handle, or None to score in this process (``scoring: in_ingress``)."""
@@ -123,13 +139,18 @@ class Ingress:
             self.in_process = None
             self.scorer = RemoteScorer(scorer)
         self.limits = args.limits
-        self.store = UserHistoryStore.load(resolve_path(args.history, "user history")) if args.history else None
-        self._rejected = metrics.Counter("dien_ingress_rejected", description="Requests answered with a 4xx.",
-                                         tag_keys=("status", "field"))
+        self.store = open_history_store(args.history)
+        self._rejected = metrics.Counter(
+            "dien_ingress_rejected", description="Requests answered with a 4xx, or a 503 for a store that did not "
+                                                 "answer.", tag_keys=("status", "field"))
         self._unknown_users = metrics.Counter(
             "dien_ingress_unknown_users", description="Requests whose user has no stored history.")
-        if self.store is not None:
+        self._events = metrics.Counter(
+            "dien_ingress_events", description="Behavior events received, by outcome.", tag_keys=("outcome",))
+        if isinstance(self.store, UserHistoryStore):
             logger.info("User-history store: %d users, %.1f MiB", len(self.store), self.store.nbytes / 2**20)
+        elif self.store is not None:
+            logger.info("User-history store: %s", self.store.name)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self)
@@ -142,9 +163,9 @@ class Ingress:
                              "settings in the Scorer deployment's user_config")
         self.in_process.reconfigure(user_config)
 
-    def history_of(self, user_id: str) -> tuple[list[str | None], list[str | None]]:
+    async def history_of(self, user_id: str) -> tuple[list[str | None], list[str | None]]:
         """The stored history of ``user_id``, empty for an unknown user."""
-        found = self.store.lookup(user_id) if self.store is not None else None
+        found = await self.store.history(user_id) if self.store is not None else None
         if found is None:
             self._unknown_users.inc()
             return [], []
@@ -154,7 +175,7 @@ class Ingress:
         if body.history is not None:
             items, cats = item_and_category_lists(body.history)
         elif body.user_id is not None:
-            items, cats = self.history_of(body.user_id)
+            items, cats = await self.history_of(body.user_id)
         else:
             raise RequestValidationError([{"type": "missing", "loc": ("body", "user_id"), "input": None,
                                            "msg": "Field required when history is not given"}])
@@ -169,6 +190,24 @@ class Ingress:
         return ScoreResponse(scores=result.scores, model=result.model, history_length=result.history_length,
                              unknown_candidates=result.unknown_candidates,
                              corrected_categories=result.corrected_categories)
+
+    async def events(self, body: Any) -> EventsResponse:
+        if self.store is None:
+            raise ReadOnlyStore("no user-history store is configured (history: null in the Serve config's args): "
+                                "events need history: {store: redis, url: ...}")
+        result = await self.store.append([BehaviorEvent(**event.model_dump()) for event in body.events])
+        for outcome, positions in (("stored", result.stored), ("duplicate", result.duplicates)):
+            if positions:  # Ray's counters refuse an increment of 0
+                self._events.inc(len(positions), tags={"outcome": outcome})
+        return EventsResponse(stored=len(result.stored), duplicates=result.duplicates, store=self.store.name)
+
+    def store_failed(self, error: HistoryStoreError) -> JSONResponse:
+        """409 for events sent to a store that takes none; 503 with ``Retry-After`` for one that did not answer."""
+        if isinstance(error, StoreUnavailable):
+            answer = self.rejected(503, [FieldError(field="store", message=str(error))])
+            answer.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return answer
+        return self.rejected(409, [FieldError(field="store", message=str(error))])
 
     def rejected(self, status: int, errors: list[FieldError]) -> JSONResponse:
         # Tag by a fixed set of top-level fields: full paths (candidates[517].item_id) or a client's unknown field
@@ -185,8 +224,11 @@ class Ingress:
         except Exception as error:  # noqa: BLE001 -- any failure to reach the scorer means unhealthy
             return JSONResponse({"status": "unavailable", "error": f"scorer: {type(error).__name__}: {error}"},
                                 status_code=503)
-        return JSONResponse({"status": "ok", "model": model,
-                             "users": len(self.store) if self.store is not None else 0})
+        try:
+            store = await self.store.health() if self.store is not None else {"store": None}
+        except StoreUnavailable as error:
+            return JSONResponse({"status": "unavailable", "error": str(error)}, status_code=503)
+        return JSONResponse({"status": "ok", "model": model, "history": store})
 
     async def _ask_ready(self) -> dict[str, str]:
         return await self.scorer.ready()
@@ -199,6 +241,7 @@ def build_api(ingress: Ingress) -> FastAPI:
     """The FastAPI app of one ingress replica (built per replica, so routes see its limits and store)."""
     limits = ingress.limits
     ScoreRequest = score_request_model(limits)
+    EventsRequest = events_request_model(limits)
     errors = {400: {"model": ErrorResponse, "description": "Body is not JSON"},
               413: {"model": ErrorResponse, "description": f"Body larger than {limits.max_body_bytes} bytes"},
               422: {"model": ErrorResponse, "description": "A field is missing, of the wrong type or over a limit"}}
@@ -212,6 +255,10 @@ def build_api(ingress: Ingress) -> FastAPI:
         status = 400 if any(p["type"] == "json_invalid" for p in problems) else 422
         return ingress.rejected(status, [describe(p) for p in problems])
 
+    @api.exception_handler(HistoryStoreError)
+    async def store_error(request: Request, exc: HistoryStoreError) -> JSONResponse:
+        return ingress.store_failed(exc)
+
     @api.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 413:
@@ -219,16 +266,26 @@ def build_api(ingress: Ingress) -> FastAPI:
         field = {404: "path", 405: "method"}.get(exc.status_code, "body")
         return ingress.rejected(exc.status_code, [FieldError(field=field, message=str(exc.detail))])
 
-    @api.post("/v1/score", response_model=ScoreResponse, responses=errors, max_body_size=limits.max_body_bytes,
+    @api.post("/v1/score", response_model=ScoreResponse,
+              responses={**errors, 503: {"model": ErrorResponse, "description": "The user-history store did not "
+                                                                                "answer; retry"}}, max_body_size=limits.max_body_bytes,
               summary="Click probabilities of the candidates for one user")
     async def score(body: ScoreRequest, response: Response) -> ScoreResponse:
         return await ingress.score(body, response)
+
+    store_errors = {**errors, 409: {"model": ErrorResponse, "description": "The store takes no events (snapshot)"},
+                    503: {"model": ErrorResponse, "description": "The user-history store did not answer; retry"}}
+
+    @api.post("/v1/events", response_model=EventsResponse, responses=store_errors,
+              max_body_size=limits.max_body_bytes, summary="Append behaviors to their users' histories")
+    async def events(body: EventsRequest) -> EventsResponse:
+        return await ingress.events(body)
 
     @api.get("/v1/model", summary="The served model: name, version, hidden size, vocabulary sizes, metrics")
     async def model() -> dict[str, Any]:
         return await ingress.model_info()
 
-    @api.get("/healthz", summary="200 when the scorer answers, 503 otherwise")
+    @api.get("/healthz", summary="200 when the scorer and the user-history store answer, 503 otherwise")
     async def healthz() -> JSONResponse:
         return await ingress.healthz()
 

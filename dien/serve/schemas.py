@@ -76,6 +76,40 @@ def score_request_model(limits: RequestLimits) -> type[BaseModel]:
     return ScoreRequest
 
 
+def events_request_model(limits: RequestLimits) -> type[BaseModel]:
+    """The ``POST /v1/events`` body model for these limits."""
+    Token = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_id_chars)]
+
+    class Event(BaseModel):
+        """One behavior of one user."""
+
+        model_config = ConfigDict(extra="forbid")
+        user_id: Token
+        item_id: Token
+        timestamp: float = Field(ge=0, allow_inf_nan=False, description="Seconds since the epoch; the history "
+                                 "is kept in timestamp order whatever order events arrive in.")
+        category: Token | None = Field(None, description="Left out: the model's item table gives it.")
+        event_type: Token | None = None
+        event_id: Token | None = Field(
+            None, description="Applied once per user: a repeat is reported in `duplicates`. Left out: the "
+                              "event's other fields are its id, so an exact repeat is a duplicate too.")
+
+    class EventsRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        events: list[Event] = Field(min_length=1, max_length=limits.max_events,
+                                    description="Behaviors to append to their users' histories, any order.")
+
+    return EventsRequest
+
+
+class EventsResponse(BaseModel):
+    stored: int = Field(description="Events appended to their users' histories.")
+    duplicates: list[int] = Field(
+        default_factory=list, description="Positions (0-based) of the events already applied (same user and "
+                                          "event id); they changed nothing.")
+    store: str = Field(description="The store that holds the histories.")
+
+
 def item_and_category_lists(behaviors: Any) -> tuple[list[str], list[str | None]]:
     """(item ids, categories) of a validated list of behaviors in either form."""
     if isinstance(behaviors, list):
@@ -142,7 +176,7 @@ def describe(error: dict[str, Any]) -> FieldError:
 
 MAX_LISTED_ERRORS = 20
 """Problems an error response lists; a body with thousands of bad fields gets a bounded answer."""
-METRIC_FIELDS = ("user_id", "history", "candidates", "body", "path", "method")
+METRIC_FIELDS = ("user_id", "history", "candidates", "events", "store", "body", "path", "method")
 """The values a rejection's ``field`` metric tag takes (anything else counts as ``other``): a client's field
 names must not become new metric series."""
 
