@@ -25,6 +25,7 @@ def parse_config(argv: list[str] | None = None) -> HistoryBenchConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=inputs.data, help="prepared dataset (made small if the default is missing)")
     parser.add_argument("--student", default=inputs.student, help="artifact (made small if the default is missing)")
+    parser.add_argument("--bulk-data", help="prepared dataset the bulk load is timed on (default: --data)")
     parser.add_argument("--redis", help="a running Redis to use (default: start redis-server on a free port)")
     parser.add_argument("--candidates", type=int, default=defaults.candidates, help="(default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency,
@@ -34,11 +35,13 @@ def parse_config(argv: list[str] | None = None) -> HistoryBenchConfig:
     parser.add_argument("--event-concurrency", type=int, default=defaults.event_concurrency,
                         help="events requests in flight (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=defaults.rounds, help="(default %(default)s)")
-    parser.add_argument("--duration", type=float, default=load.duration_s, help="seconds per window (default %(default)s)")
+    parser.add_argument("--duration", type=float, default=load.duration_s,
+                        help="seconds per window (default %(default)s)")
     parser.add_argument("--warmup", type=float, default=load.warmup_s, help="(default %(default)s)")
     parser.add_argument("--out", default=defaults.out, help="(default %(default)s)")
     args = parser.parse_args(argv)
     return replace(defaults, inputs=replace(inputs, data=args.data, student=args.student), redis=args.redis,
+                   bulk_data=args.bulk_data,
                    candidates=args.candidates, concurrency=args.concurrency,
                    events_per_request=args.events_per_request, event_concurrency=args.event_concurrency,
                    rounds=args.rounds, load=replace(load, duration_s=args.duration, warmup_s=args.warmup),

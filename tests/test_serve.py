@@ -40,7 +40,7 @@ from dien.serve.ingress import BATCH_SIZE_HEADER, INGRESS, current_request_id
 from dien.bench.redeploy_check import LoadProbe, config_with_model, wait_for_version
 from dien.serve.schemas import MAX_LISTED_ERRORS, metric_field
 from dien.serve.scorer import SCORER
-from dien.serve.scoring import ModelVocabulary, ScoreJob, score_jobs
+from dien.serve.scoring import HistoryEncodingCache, ModelVocabulary, ScoreJob, score_jobs
 from dien.train.evaluate import id_translation
 from servers import free_port
 
@@ -278,6 +278,50 @@ def test_requests_with_the_same_history_share_one_encoding(prepared_dataset, off
         alone = score_jobs(artifact.model, vocabulary, artifact.max_len, [job])
         np.testing.assert_allclose(got, alone.scores[0], rtol=0, atol=1e-6)
         np.testing.assert_allclose(got, oracle.score(body)[0], rtol=0, atol=1e-5)
+
+
+def test_cached_history_encodings_score_exactly_as_recomputed_ones(prepared_dataset, offline, catalog):
+    oracle = offline["a"]
+    artifact, vocabulary = oracle.artifact, vocabulary_of(oracle.artifact)
+    users = list(oracle.stored)[:4]
+    first = [{"user_id": users[0], "candidates": catalog[:6]}, {"user_id": users[1], "candidates": catalog[6:9]},
+             {"history": [], "candidates": catalog[:3]}]
+    second = [{"user_id": users[1], "candidates": catalog[10:14]}, {"user_id": users[2], "candidates": catalog[:5]},
+              {"history": catalog[3:5], "candidates": catalog[5:8]}, {"user_id": users[0], "candidates": catalog[2:4]},
+              {"history": [], "candidates": catalog[4:6]}]
+    store = UserHistoryStore.load(prepared_dataset.path)
+    cache = HistoryEncodingCache(1 << 30, oracle.version)
+    for bodies in (first, second):
+        jobs = jobs_for(bodies, store)
+        cached = score_jobs(artifact.model, vocabulary, artifact.max_len, jobs, cache=cache)
+        recomputed = score_jobs(artifact.model, vocabulary, artifact.max_len, jobs)
+        for got, want, body in zip(cached.scores, recomputed.scores, bodies):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(got, oracle.score(body)[0], rtol=0, atol=1e-5)
+        assert list(cached.history_lengths) == list(recomputed.history_lengths)
+    assert (cache.hits, cache.misses, len(cache)) == (3, 5, 5)
+    other_version = HistoryEncodingCache(1 << 30, "another-model")
+    assert other_version.get(other_version.key(*(np.zeros(3, np.int64),) * 2)) is None
+    assert all(key[0] == oracle.version for key in cache._entries)
+
+
+def test_the_history_cache_keeps_within_its_bytes_dropping_the_least_recently_used(offline):
+    model = offline["a"].artifact.model
+    with torch.inference_mode():
+        encoded = model.encode_history(torch.randint(2, 50, (3, 10)), torch.randint(2, 10, (3, 10)),
+                                       torch.tensor([10, 10, 10])).rows(model.score_reads)
+    keys = [("v", bytes([i]), b"") for i in range(3)]
+    one = HistoryEncodingCache(1 << 30, "v")
+    one.put(keys[0], encoded[0])
+    cache = HistoryEncodingCache(2 * one.nbytes, "v")
+    cache.put(keys[0], encoded[0])
+    cache.put(keys[1], encoded[1])
+    assert cache.get(keys[0]) is encoded[0]
+    cache.put(keys[2], encoded[2])
+    assert cache.get(keys[1]) is None and cache.get(keys[0]) is encoded[0] and len(cache) == 2
+    assert cache.nbytes <= cache.max_bytes
+    cache.resize(one.nbytes)
+    assert len(cache) == 1 and cache.get(keys[2]) is None
 
 
 def test_the_item_table_fills_and_corrects_categories(offline, catalog):

@@ -25,6 +25,7 @@ from dien.bench.deploy import LocalServe, Variant, load_config, variant_app
 from dien.bench.load import LoadResult, LoadSettings, measure
 from dien.bench.qps import Inputs, prepare_inputs
 from dien.bench.redis_process import RedisProcess, free_port
+from dien.bench.request_path import repeat_request_cost
 from dien.bench.workload import Workload, event_bodies, score_bodies
 from dien.cluster import default_local_cpus
 from dien.serve.config import RedisStoreConfig
@@ -33,6 +34,8 @@ from dien.serve.history_load import LoadConfig, LoadSummary, load_histories
 logger = logging.getLogger(__name__)
 
 SNAPSHOT, REDIS = "snapshot store", "redis store"
+CACHE_CANDIDATES = (1, 100)
+"""Request sizes the history cache's saving is measured at."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class HistoryBenchConfig:
     redis: str | None = None
     """A Redis to use (its keys under ``key_prefix`` are replaced); None: a redis-server started on a free port."""
     key_prefix: str = "dien-bench"
+    bulk_data: str | None = None
+    """A prepared dataset whose histories the bulk load is timed on (default: ``inputs.data``, whose histories
+    the Redis store then serves); a larger one shows the job's rate past its fixed start-up cost."""
     candidates: int = 100
     concurrency: int = 16
     """Scoring requests in flight (closed loop)."""
@@ -61,6 +67,8 @@ class HistoryBenchReport:
     scoring: list[dict[str, Any]] = field(default_factory=list)
     """Per round and store: the closed-loop measurement."""
     events: list[dict[str, Any]] = field(default_factory=list)
+    cache: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Candidates per request -> :func:`dien.bench.request_path.repeat_request_cost`."""
     summary: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -94,9 +102,16 @@ def run(config: HistoryBenchConfig) -> HistoryBenchReport:
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
             data, student, _ = prepare_inputs(config.inputs)
-            summary = load_histories(LoadConfig(redis=RedisStoreConfig(url=redis_url, key_prefix=config.key_prefix),
-                                                dataset=str(data)))
-            report.bulk = _bulk_figures(summary)
+            for candidates in CACHE_CANDIDATES:
+                report.cache[str(candidates)] = repeat_request_cost(student, data, score_bodies(data, candidates, 64))
+            logger.info("repeat requests, scoring ms with and without the history cache: %s", report.cache)
+            store = RedisStoreConfig(url=redis_url, key_prefix=config.key_prefix)
+            if config.bulk_data is not None:
+                report.bulk = _bulk_figures(load_histories(LoadConfig(
+                    redis=store.model_copy(update={"key_prefix": f"{config.key_prefix}-bulk"}),
+                    dataset=config.bulk_data)))
+            served = _bulk_figures(load_histories(LoadConfig(redis=store, dataset=str(data))))
+            report.bulk = report.bulk or served
             logger.info("bulk load: %s", report.bulk)
             _measure_serving(config, report, data, student, redis_url)
         finally:
@@ -160,5 +175,8 @@ def format_report(report: HistoryBenchReport) -> str:
         lines.append(f"{what:<28} {row['round']:>5} {row['requests_per_s']:>8.1f} {row['candidates_per_s']:>9.0f} "
                      f"{row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['errors']:>6}")
     lines += ["", "items/s: candidates/s for scoring, events/s for events", "",
+              "repeat request of a user, scoring ms per request (one thread), history recomputed vs cached:",
+              *(f"  {n} candidates: " + ", ".join(f"{k} {v}" for k, v in cost.items())
+                for n, cost in report.cache.items()), "",
               *(f"{k}: {v}" for k, v in report.summary.items())]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from dien.bench.workload import Workload
 from dien.serve.config import RequestLimits
 from dien.serve.history import UserHistoryStore
 from dien.serve.schemas import ModelRef, ScoreResponse, item_and_category_lists, score_request_model
-from dien.serve.scoring import ModelVocabulary, ScoreJob, score_jobs
+from dien.serve.scoring import HistoryEncodingCache, ModelVocabulary, ScoreJob, score_jobs
 
 BATCH_REQUESTS = 16
 """Requests scored together: the scorer's default ``max_batch_size``."""
@@ -42,8 +42,8 @@ class _Path:
         items, cats = item_and_category_lists(request.candidates)
         return ScoreJob(items, cats, hist_items, hist_cats, history_from_request=request.history is not None)
 
-    def score(self, jobs: list[ScoreJob]) -> Any:
-        return score_jobs(self.artifact.model, self.vocabulary, self.artifact.max_len, jobs)
+    def score(self, jobs: list[ScoreJob], cache: HistoryEncodingCache | None = None) -> Any:
+        return score_jobs(self.artifact.model, self.vocabulary, self.artifact.max_len, jobs, cache=cache)
 
 
 def _batches(jobs: list[ScoreJob]) -> list[list[ScoreJob]]:
@@ -94,3 +94,25 @@ def request_path_breakdown(model: str | Path, data: str | Path, workload: Worklo
         torch.set_num_threads(threads)
     breakdown["total_in_process"] = round(sum(breakdown.values()), 4)
     return breakdown
+
+
+def repeat_request_cost(model: str | Path, data: str | Path, workload: Workload, requests: int = 64,
+                        repeats: int = 5) -> dict[str, float]:
+    """Milliseconds of scoring per request, one torch thread, for requests whose user was scored before: without
+    the history cache (everything recomputed) and with it (the history's encoding reused), each request alone
+    (a lone repeat request) and in batches of :data:`BATCH_REQUESTS` (a busy replica)."""
+    path = _Path(model, data)
+    jobs = [path.job(path.request_model.model_validate_json(b)) for b in workload.bodies[:requests]]
+    cache = HistoryEncodingCache(1 << 34, str(path.artifact.manifest["version"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cost = {}
+        for grouping, batches in (("alone", [[job] for job in jobs]), ("batched", _batches(jobs))):
+            for name, used in (("recomputed", None), ("cached", cache)):
+                seconds = best_seconds(lambda: [path.score(batch, used) for batch in batches], repeats)
+                cost[f"{grouping}_{name}_ms"] = round(seconds / len(jobs) * 1000, 4)
+            cost[f"{grouping}_saving"] = round(1 - cost[f"{grouping}_cached_ms"] / cost[f"{grouping}_recomputed_ms"], 3)
+    finally:
+        torch.set_num_threads(threads)
+    return cost

@@ -11,6 +11,10 @@ from torch import Tensor, nn
 from dien.data.batch import Batch
 
 
+TIME_FIELDS = ("behaviors", "states", "evolution_inputs")
+"""The :class:`HistoryEncoding` tensors with a time axis (dim 1)."""
+
+
 @dataclass
 class HistoryEncoding:
     """Per-request work that does not depend on the candidate.
@@ -42,6 +46,40 @@ class HistoryEncoding:
             selected["evolution_inputs"] = self.evolution_inputs
             selected["evolution_rows"] = index if self.evolution_rows is None else self.evolution_rows[index]
         return HistoryEncoding(**selected)
+
+    def rows(self, names: Sequence[str]) -> list["HistoryEncoding"]:
+        """Each row alone, [1, L, ...] cut to its own length L (at least one step), with only the tensors
+        ``names``, as copies that outlive this batch's tensors (what a cache keeps)."""
+        if self.evolution_rows is not None:
+            raise ValueError("rows() splits an encoding of distinct histories, not a selection of them")
+        kept = [f.name for f in fields(self) if f.name in names and f.name != "evolution_rows"
+                and getattr(self, f.name) is not None]
+        split = []
+        for i, length in enumerate(self.lengths.tolist()):
+            steps = max(int(length), 1)
+            row = {f.name: None for f in fields(self)}
+            for name in kept:
+                value = getattr(self, name)[i:i + 1]
+                row[name] = (value[:, :steps] if name in TIME_FIELDS else value).clone()
+            split.append(HistoryEncoding(**row))
+        return split
+
+    @staticmethod
+    def stack(rows: Sequence["HistoryEncoding"]) -> "HistoryEncoding":
+        """Rows (of :meth:`rows`) zero-padded to the longest and stacked: one encoding that scores as the batches
+        the rows came from did (a score reads no step past a row's length)."""
+        steps = max((getattr(r, n).shape[1] for r in rows for n in TIME_FIELDS if getattr(r, n) is not None),
+                    default=1)
+        stacked = {}
+        for f in fields(HistoryEncoding):
+            values = [getattr(r, f.name) for r in rows]
+            if values[0] is None:
+                stacked[f.name] = None
+            elif f.name in TIME_FIELDS:
+                stacked[f.name] = torch.cat([nn.functional.pad(v, (0, 0, 0, steps - v.shape[1])) for v in values])
+            else:
+                stacked[f.name] = torch.cat(values)
+        return HistoryEncoding(**stacked)
 
 
 @dataclass

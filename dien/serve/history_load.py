@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 
 from dien.data.dataset_dir import USER_HISTORY_FILE, VOCAB_DIR, DatasetDir
@@ -150,7 +151,11 @@ def load_histories(config: LoadConfig) -> LoadSummary:
         vocab = dataset.path / VOCAB_DIR
         tokens = ray.put((Vocabulary.load(vocab / VOCAB_FILES["item"]).tokens,
                           Vocabulary.load(vocab / VOCAB_FILES["category"]).tokens))
-        counts = read_parquet_files([str(dataset.path / USER_HISTORY_FILE)]).map_batches(
+        file = dataset.path / USER_HISTORY_FILE
+        # The history is one file, read as one block: split it so that every CPU writes.
+        blocks = max(1, min(2 * int(ray.cluster_resources().get("CPU", 1)),
+                            pq.ParquetFile(file).metadata.num_rows // config.users_per_write))
+        counts = read_parquet_files([str(file)]).repartition(blocks).map_batches(
             _write_dataset_rows, batch_size=config.users_per_write * 4, batch_format="pyarrow",
             fn_kwargs={"tokens": tokens, "config": config})
         users, behaviors = _total(counts.materialize())

@@ -266,15 +266,15 @@ def build_api(ingress: Ingress) -> FastAPI:
         field = {404: "path", 405: "method"}.get(exc.status_code, "body")
         return ingress.rejected(exc.status_code, [FieldError(field=field, message=str(exc.detail))])
 
-    @api.post("/v1/score", response_model=ScoreResponse,
-              responses={**errors, 503: {"model": ErrorResponse, "description": "The user-history store did not "
-                                                                                "answer; retry"}}, max_body_size=limits.max_body_bytes,
-              summary="Click probabilities of the candidates for one user")
+    unavailable = {503: {"model": ErrorResponse, "description": "The user-history store did not answer; retry"}}
+
+    @api.post("/v1/score", response_model=ScoreResponse, responses={**errors, **unavailable},
+              max_body_size=limits.max_body_bytes, summary="Click probabilities of the candidates for one user")
     async def score(body: ScoreRequest, response: Response) -> ScoreResponse:
         return await ingress.score(body, response)
 
-    store_errors = {**errors, 409: {"model": ErrorResponse, "description": "The store takes no events (snapshot)"},
-                    503: {"model": ErrorResponse, "description": "The user-history store did not answer; retry"}}
+    store_errors = {**errors, **unavailable,
+                    409: {"model": ErrorResponse, "description": "The store takes no events (snapshot)"}}
 
     @api.post("/v1/events", response_model=EventsResponse, responses=store_errors,
               max_body_size=limits.max_body_bytes, summary="Append behaviors to their users' histories")

@@ -29,17 +29,19 @@ from dien.serve.history import AppendResult, BehaviorEvent, Behaviors, StoreUnav
 
 APPEND_SCRIPT = """
 -- KEYS[1]: the user's behaviors (sorted set), KEYS[2]: their event ids (hash; field '' counts arrivals)
--- ARGV[1]: max_len, ARGV[2]: '1' replaces the history, then (event id, timestamp, payload) per event
+-- ARGV[1]: max_len, ARGV[2]: '1' replaces the history,
+-- ARGV[3]: the events as JSON, [[event id, timestamp, item, category, event type], ...]
 -- Returns the 0-based positions of the events appended (the others were duplicates).
 if ARGV[2] == '1' then
   redis.call('DEL', KEYS[1], KEYS[2])
 end
 local appended = {}
-for i = 3, #ARGV, 3 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], 1) == 1 then
+for i, event in ipairs(cjson.decode(ARGV[3])) do
+  if redis.call('HSETNX', KEYS[2], event[1], 1) == 1 then
     local arrival = redis.call('HINCRBY', KEYS[2], '', 1)
-    redis.call('ZADD', KEYS[1], ARGV[i + 1], string.format('%016d', arrival) .. ARGV[i + 2])
-    appended[#appended + 1] = (i - 3) / 3
+    local member = string.format('%016d', arrival) .. cjson.encode({event[1], event[3], event[4], event[5]})
+    redis.call('ZADD', KEYS[1], event[2], member)
+    appended[#appended + 1] = i - 1
   end
 end
 local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
@@ -62,14 +64,12 @@ def event_ids_key(prefix: str, user_id: str) -> str:
     return f"{prefix}:{{{user_id}}}:e"
 
 
-def script_arguments(events: Iterable[BehaviorEvent]) -> list[Any]:
-    """The (event id, timestamp, payload) triples of one user's events, flattened for ``APPEND_SCRIPT``."""
-    arguments: list[Any] = []
-    for event in events:
-        key = event.key()
-        payload = json.dumps([key, event.item_id, event.category, event.event_type], separators=(",", ":"))
-        arguments += [key, repr(float(event.timestamp)), payload]
-    return arguments
+def script_events(events: Iterable[BehaviorEvent]) -> str:
+    """One user's events as ``APPEND_SCRIPT``'s JSON argument: one argument per user, not per event, because
+    redis-py's packing of each argument costs more than the script's work on it. Timestamps travel as
+    strings, which Redis parses as doubles exactly (Lua's numbers would print with 14 digits)."""
+    return json.dumps([[e.key(), repr(float(e.timestamp)), e.item_id, e.category, e.event_type] for e in events],
+                      separators=(",", ":"))
 
 
 def parse_members(members: Sequence[bytes]) -> Behaviors:
@@ -130,7 +130,7 @@ class RedisHistoryStore:
             async with self.client.pipeline(transaction=False) as pipeline:
                 for user_id, rows in positions.items():
                     await self._append(keys=[behaviors_key(prefix, user_id), event_ids_key(prefix, user_id)],
-                                       args=[self.config.max_len, 0, *script_arguments(events[i] for i in rows)],
+                                       args=[self.config.max_len, 0, script_events(events[i] for i in rows)],
                                        client=pipeline)
                 answers = await pipeline.execute()
         except redis.RedisError as error:
@@ -175,7 +175,7 @@ class RedisHistoryWriter:
             pipeline = self.client.pipeline(transaction=False)
             for user_id, events in histories.items():
                 self._append(keys=[behaviors_key(prefix, user_id), event_ids_key(prefix, user_id)],
-                             args=[self.config.max_len, int(replace), *script_arguments(events)], client=pipeline)
+                             args=[self.config.max_len, int(replace), script_events(events)], client=pipeline)
             return sum(len(appended) for appended in pipeline.execute())
         except redis.RedisError as error:
             raise StoreUnavailable(f"{self.name}: {type(error).__name__}: {error}") from error

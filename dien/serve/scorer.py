@@ -19,7 +19,7 @@ from ray.serve import metrics
 from dien.allocator import retain_freed_memory
 from dien.artifacts import ModelArtifact, load_artifact
 from dien.serve.config import ScorerConfig, resolve_path
-from dien.serve.scoring import BatchScores, ModelVocabulary, ScoreJob, ScoreResult, score_jobs
+from dien.serve.scoring import BatchScores, HistoryEncodingCache, ModelVocabulary, ScoreJob, ScoreResult, score_jobs
 
 # Serve's logger: in a replica every line carries the deployment, the replica and (inside a request) its id.
 logger = logging.getLogger("ray.serve")
@@ -66,6 +66,7 @@ class BatchScorer:
         self.category_conflict = category_conflict
         self.model_ref = {"name": self.artifact.name, "version": str(self.artifact.manifest["version"])}
         self.config = _DEFAULTS
+        self.cache: HistoryEncodingCache | None = None
         self._batch_requests = metrics.Histogram(
             "dien_scorer_batch_requests", description="Requests per scored batch.",
             boundaries=_exponential(1, 1024), tag_keys=("model_version",))
@@ -92,12 +93,19 @@ class BatchScorer:
         self.score.set_max_batch_size(config.max_batch_size)
         self.score.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         torch.set_num_threads(config.torch_threads)
+        cache_bytes = int(config.history_cache_mb * 2**20)
+        if cache_bytes == 0:
+            self.cache = None
+        elif self.cache is None:
+            self.cache = HistoryEncodingCache(cache_bytes, self.model_ref["version"])
+        else:
+            self.cache.resize(cache_bytes)
         self.config = config
         logger.info("Scorer configured: %s", config.model_dump())
 
     def _score_now(self, jobs: list[ScoreJob]) -> BatchScores:
         return score_jobs(self.artifact.model, self.vocabulary, self.artifact.max_len, jobs, self.device,
-                          self.config.max_chunk_candidates, self.category_conflict)
+                          self.config.max_chunk_candidates, self.category_conflict, self.cache)
 
     @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s)
     async def score(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
@@ -141,6 +149,7 @@ class BatchScorer:
                 "device": str(self.device),
                 "category_conflict": self.category_conflict,
                 **self.config.model_dump(),
+                "history_cache": self.cache.stats() if self.cache is not None else None,
             },
         }
 

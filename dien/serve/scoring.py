@@ -7,7 +7,8 @@ by the model that scores them, through its own vocabularies (unknown tokens -> o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from dien.data.batch import pad_lists
 from dien.data.vocab import OUT_OF_VOCABULARY, RESERVED, Vocabulary
 from dien.model import CTRModel
+from dien.model.base import HistoryEncoding
 
 
 CATEGORY_CONFLICTS = ("ignore", "reject")
@@ -111,6 +113,60 @@ class ModelVocabulary:
         return np.where(known, table, sent_ids), known & given & (sent_ids != table), ~known & ~given
 
 
+class HistoryEncodingCache:
+    """Encodings of recently scored histories for one model version: least recently used first out, bounded
+    by the bytes of their tensors.
+
+    What the embeddings, the interest extractor GRU and the AUGRU's input projections compute for a history
+    depends on the history and the model only, so a user's repeat request (the next page, a refresh) reuses
+    them exactly. A new behavior makes a new history, encoded on its user's next request; the old one ages
+    out. Keys hold the model version: one cache never answers with another model's encodings.
+    """
+
+    def __init__(self, max_bytes: int, version: str) -> None:
+        self.max_bytes = max_bytes
+        self.version = version
+        self._entries: OrderedDict[tuple[str, bytes, bytes], tuple[HistoryEncoding, int]] = OrderedDict()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, hist_item: np.ndarray, hist_cat: np.ndarray) -> tuple[str, bytes, bytes]:
+        return self.version, hist_item.tobytes(), hist_cat.tobytes()
+
+    def get(self, key: tuple[str, bytes, bytes]) -> HistoryEncoding | None:
+        found = self._entries.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return found[0]
+
+    def put(self, key: tuple[str, bytes, bytes], encoding: HistoryEncoding) -> None:
+        tensors = [getattr(encoding, f.name) for f in fields(encoding)]
+        size = len(key[1]) + len(key[2]) + sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        if size > self.max_bytes or key in self._entries:
+            return
+        self._entries[key] = (encoding, size)
+        self.nbytes += size
+        self.resize(self.max_bytes)
+
+    def resize(self, max_bytes: int) -> None:
+        """A new bound; the least recently used entries leave until it holds."""
+        self.max_bytes = max_bytes
+        while self.nbytes > max_bytes:
+            _, (_, size) = self._entries.popitem(last=False)
+            self.nbytes -= size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": len(self), "bytes": self.nbytes, "max_bytes": self.max_bytes, "hits": self.hits,
+                "misses": self.misses}
+
+
 @dataclass
 class BatchScores:
     """What :func:`score_jobs` found for R jobs."""
@@ -172,9 +228,30 @@ def _padded(rows: list[np.ndarray]) -> np.ndarray:
     return padded
 
 
+def _encode_histories(model: CTRModel, histories: list[_EncodedJob], device: torch.device | str,
+                      cache: HistoryEncodingCache | None) -> HistoryEncoding:
+    """One encoding of ``histories`` [U]: all computed, or those the cache lacks computed and cached."""
+    def encoded(rows: list[_EncodedJob]) -> HistoryEncoding:
+        lengths = torch.from_numpy(np.array([len(e.hist_item) for e in rows], dtype=np.int64))
+        return model.encode_history(torch.from_numpy(_padded([e.hist_item for e in rows])).to(device),
+                                    torch.from_numpy(_padded([e.hist_cat for e in rows])).to(device),
+                                    lengths.to(device))
+
+    if cache is None:
+        return encoded(histories)
+    keys = [cache.key(e.hist_item, e.hist_cat) for e in histories]
+    rows = [cache.get(key) for key in keys]
+    missing = [i for i, row in enumerate(rows) if row is None]
+    if missing:
+        for i, row in zip(missing, encoded([histories[i] for i in missing]).rows(model.score_reads)):
+            rows[i] = row
+            cache.put(keys[i], row)
+    return HistoryEncoding.stack(rows)
+
+
 def score_jobs(model: CTRModel, vocabulary: ModelVocabulary, max_len: int, jobs: Sequence[ScoreJob],
                device: torch.device | str = "cpu", max_chunk_candidates: int = 4096,
-               category_conflict: str = "ignore") -> BatchScores:
+               category_conflict: str = "ignore", cache: HistoryEncodingCache | None = None) -> BatchScores:
     """Click probabilities of every job's candidates, each job's history length after truncation, which
     candidates are unknown items, and which categories the item table replaced or found contradicted
     (``category_conflict``: one of :data:`CATEGORY_CONFLICTS`).
@@ -183,7 +260,7 @@ def score_jobs(model: CTRModel, vocabulary: ModelVocabulary, max_len: int, jobs:
     one [U, T] batch and encoded once: embeddings, the interest extractor GRU and the evolution GRU's input
     projections. Each candidate then selects its history's encoding (only the tensors ``model.score``
     reads), and only attention, the AUGRU's recurrence and the MLP run per candidate, ``max_chunk_candidates``
-    at a time.
+    at a time. With a ``cache``, histories encoded by earlier batches are taken from it.
     """
     if category_conflict not in CATEGORY_CONFLICTS:
         raise ValueError(f"category_conflict must be one of {', '.join(CATEGORY_CONFLICTS)}, got {category_conflict!r}")
@@ -196,15 +273,13 @@ def score_jobs(model: CTRModel, vocabulary: ModelVocabulary, max_len: int, jobs:
         if history_of[i] == len(histories):
             histories.append(e)
     lengths = np.array([len(e.hist_item) for e in histories], dtype=np.int64)
-    hist_item, hist_cat = _padded([e.hist_item for e in histories]), _padded([e.hist_cat for e in histories])
     counts = np.array([len(job.candidate_items) for job in jobs], dtype=np.int64)
     target_item = torch.from_numpy(np.concatenate([e.target_item for e in encoded]))
     target_cat = torch.from_numpy(np.concatenate([e.target_cat for e in encoded]))
     request_of = torch.from_numpy(np.repeat(history_of, counts))
     probabilities = torch.empty(int(counts.sum()), dtype=torch.float32)
     with torch.inference_mode():
-        history = model.encode_history(torch.from_numpy(hist_item).to(device), torch.from_numpy(hist_cat).to(device),
-                                       torch.from_numpy(lengths).to(device))
+        history = _encode_histories(model, histories, device, cache)
         for start in range(0, len(probabilities), max_chunk_candidates):
             chunk = slice(start, start + max_chunk_candidates)
             logits = model.score(history.select(request_of[chunk].to(device), model.score_reads),
