@@ -10,6 +10,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from dien.cluster import GCS_ADDRESS_ENV, cluster_address
+from dien.serve.config import ServeArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 PLATFORM = ROOT / "platform"
@@ -52,8 +53,22 @@ def test_rayservice_serves_the_local_serve_config():
     (service,) = kuberay("RayService")
     served = yaml.safe_load(service["spec"]["serveConfigV2"])
     local = yaml.safe_load((ROOT / "serve_configs" / "local.yaml").read_text())
+    auth = served["applications"][0]["args"].pop("auth")
     assert served["applications"] == local["applications"]
+    assert auth["tokens_env"] == "DIEN_API_TOKENS" and auth["open_paths"] == ["/healthz"]
+    for group in [service["spec"]["rayClusterConfig"]["headGroupSpec"],
+                  *service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]:
+        (container,) = group["template"]["spec"]["containers"]
+        assert {"name": "DIEN_API_TOKENS", "valueFrom": {"secretKeyRef": {"name": "dien-api-tokens",
+                                                                          "key": "tokens"}}} in container["env"]
     ServeDeploySchema.model_validate(served)
+
+
+def test_the_cluster_serve_config_requires_api_tokens():
+    gpu = yaml.safe_load((ROOT / "serve_configs" / "gpu.yaml").read_text())
+    auth = ServeArgs.model_validate(gpu["applications"][0]["args"]).auth
+    assert auth is not None and auth.tokens_file == "~/.dien/api_tokens" and auth.open_paths == ("/healthz",)
+    assert "~/.dien/api_tokens" in yaml.safe_load((ROOT / "platform" / "cluster.yaml").read_text())["file_mounts"]
 
 
 def test_every_ray_cluster_runs_this_ray_with_token_auth():

@@ -32,6 +32,22 @@ class RequestLimits(BaseModel):
     """Most behaviors in one ``POST /v1/events`` (more: 422 on ``events``)."""
 
 
+class AuthConfig(BaseModel):
+    """Tokens the scoring API requires (``dien.serve.auth``): ``Authorization: Bearer <token>`` or
+    ``X-API-Key: <token>``; 401 without one, 403 for an unknown one."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    tokens_file: str | None = None
+    """A file of tokens, one per line (``#`` comments), read by each ingress replica at start; relative paths
+    resolve like ``model``."""
+    tokens_env: str | None = "DIEN_API_TOKENS"
+    """An environment variable of the replicas holding comma-separated tokens (set it in the cluster's
+    environment, a Kubernetes Secret, or the Ingress's ``runtime_env.env_vars``); None: not read."""
+    open_paths: tuple[str, ...] = ("/healthz",)
+    """Paths (under the application's route prefix) that need no token: probes of load balancers."""
+
+
 class SnapshotStoreConfig(BaseModel):
     """The read-only user-history snapshot of a prepared dataset, loaded into each ingress replica (nothing
     to start; a behavior becomes visible with the next ``prepare_data.py`` run and deploy)."""
@@ -81,6 +97,9 @@ class ServeArgs(BaseModel):
     """Where the scorer runs the model; auto: the GPU when Ray gave the replica one, else the CPU."""
     limits: RequestLimits = RequestLimits()
     """Request validation limits, enforced by the ingress."""
+    auth: AuthConfig | None = None
+    """API tokens every request must carry (but ``open_paths``); None: no authentication (a loopback-only
+    local deployment). The cluster configs turn it on."""
     scoring: Literal["separate", "in_ingress"] = "separate"
     """separate: a Scorer deployment of its own (scaled, and given a GPU, apart from the HTTP tier); in_ingress:
     the ingress replica scores in its own process (no hop between replicas; its ``user_config`` then takes the

@@ -23,7 +23,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ray.exceptions import RayActorError
+
 from dien.artifacts import load_artifact
+from dien.serve.auth import TokenAuth, load_tokens
 from dien.serve.config import RedisStoreConfig, ScorerConfig, ServeArgs, SnapshotStoreConfig, resolve_path
 from dien.serve.history import (BehaviorEvent, HistoryStore, HistoryStoreError, ReadOnlyStore, StoreUnavailable,
                                 UserHistoryStore)
@@ -55,6 +58,10 @@ def open_history_store(config: str | SnapshotStoreConfig | RedisStoreConfig | No
     return UserHistoryStore.load(resolve_path(path, "user history"))
 
 
+class ScorerUnavailable(Exception):
+    """The scorer replica died with the request and the retry found none either: a 503, never a 500."""
+
+
 class RemoteScorer:
     """The scorer deployment behind a handle (``scoring: separate``)."""
 
@@ -62,7 +69,17 @@ class RemoteScorer:
         self.handle = handle
 
     async def score(self, job: ScoreJob) -> ScoreResult:
-        return await self.handle.score.remote(job)
+        """Scoring is idempotent: a request whose replica died is sent once more (the router picks a live
+        replica, or waits for the replacement); a second death is :class:`ScorerUnavailable`."""
+        try:
+            return await self.handle.score.remote(job)
+        except RayActorError as first:
+            logger.warning("scorer replica died with request %s (%s); retrying once", job.request_id,
+                           type(first).__name__)
+            try:
+                return await self.handle.score.remote(job)
+            except RayActorError as second:
+                raise ScorerUnavailable(f"the scorer did not answer: {type(second).__name__}; retry") from second
 
     async def ready(self) -> dict[str, str]:
         return await self.handle.ready.remote()
@@ -139,6 +156,8 @@ class Ingress:
             self.in_process = None
             self.scorer = RemoteScorer(scorer)
         self.limits = args.limits
+        self.auth = args.auth
+        self.tokens = load_tokens(args.auth) if args.auth is not None else None
         self.store = open_history_store(args.history)
         self._rejected = metrics.Counter(
             "dien_ingress_rejected", description="Requests answered with a 4xx, or a 503 for a store that did not "
@@ -201,12 +220,16 @@ class Ingress:
                 self._events.inc(len(positions), tags={"outcome": outcome})
         return EventsResponse(stored=len(result.stored), duplicates=result.duplicates, store=self.store.name)
 
+    def unavailable(self, field: str, message: str) -> JSONResponse:
+        """503 with ``Retry-After``: a part the request needs did not answer, and a retry may succeed."""
+        answer = self.rejected(503, [FieldError(field=field, message=message)])
+        answer.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return answer
+
     def store_failed(self, error: HistoryStoreError) -> JSONResponse:
-        """409 for events sent to a store that takes none; 503 with ``Retry-After`` for one that did not answer."""
+        """409 for events sent to a store that takes none; 503 for one that did not answer."""
         if isinstance(error, StoreUnavailable):
-            answer = self.rejected(503, [FieldError(field="store", message=str(error))])
-            answer.headers["Retry-After"] = str(RETRY_AFTER_S)
-            return answer
+            return self.unavailable("store", str(error))
         return self.rejected(409, [FieldError(field="store", message=str(error))])
 
     def rejected(self, status: int, errors: list[FieldError]) -> JSONResponse:
@@ -248,12 +271,21 @@ def build_api(ingress: Ingress) -> FastAPI:
     api = FastAPI(title="DIEN click-through-rate scoring",
                   description="Scores candidate items for a user with a DIEN model (Ray Serve).")
     api.add_middleware(DeclaredBodyLimit, max_bytes=limits.max_body_bytes, reject=ingress.rejected)
+    if ingress.tokens is not None:
+        # Added last, so it runs first: an unauthenticated request gets nothing else of the API's.
+        api.add_middleware(TokenAuth, tokens=ingress.tokens, open_paths=ingress.auth.open_paths,
+                           reject=lambda status, message: ingress.rejected(status, [FieldError(field="auth",
+                                                                                               message=message)]))
 
     @api.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = exc.errors()
         status = 400 if any(p["type"] == "json_invalid" for p in problems) else 422
         return ingress.rejected(status, [describe(p) for p in problems])
+
+    @api.exception_handler(ScorerUnavailable)
+    async def scorer_unavailable(request: Request, exc: ScorerUnavailable) -> JSONResponse:
+        return ingress.unavailable("scorer", str(exc))
 
     @api.exception_handler(HistoryStoreError)
     async def store_error(request: Request, exc: HistoryStoreError) -> JSONResponse:

@@ -176,7 +176,8 @@ def describe(error: dict[str, Any]) -> FieldError:
 
 MAX_LISTED_ERRORS = 20
 """Problems an error response lists; a body with thousands of bad fields gets a bounded answer."""
-METRIC_FIELDS = ("user_id", "history", "candidates", "events", "store", "body", "path", "method")
+METRIC_FIELDS = ("user_id", "history", "candidates", "events", "store", "scorer", "auth", "body", "path",
+                 "method")
 """The values a rejection's ``field`` metric tag takes (anything else counts as ``other``): a client's field
 names must not become new metric series."""
 
