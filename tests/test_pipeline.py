@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import json
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,8 @@ from dien.data.local import build_local_dataset
 from dien.data.pipeline import PrepareConfig, prepare
 from dien.data.readers import SourceConfig, read_checked_events
 from dien.data.samples import SAMPLE_SCHEMA, SPLITS, SampleConfig
-from dien.data.synthetic import SyntheticConfig, generate
-from dien.data.vocab import OUT_OF_VOCABULARY, PADDING
+from dien.data.synthetic import RAW_EVENT_SCHEMA, SyntheticConfig, generate
+from dien.data.vocab import OUT_OF_VOCABULARY, PADDING, Vocabularies
 
 SORT_KEYS = [(c, "ascending") for c in ("user", "timestamp", "label", "target_item")]
 COLUMNS = ColumnMapping(user_id="uid", item_id="sku", category="cat", timestamp="ts", event_type="kind")
@@ -372,3 +373,61 @@ def test_item_table_errors_name_the_file_and_column(ray_session, tmp_path):
                                           items=(str(tmp_path / "absent.csv"),)))
     with pytest.raises(InputError, match="--items applies to the events source"):
         SourceConfig(kind="synthetic", items=(str(tmp_path / "movies.csv"),))
+
+
+def raw_events(rows: list[tuple[str, str, str]]) -> pa.Table:
+    """(user, item, category) rows as raw events, one second apart."""
+    return pa.table({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                     "category": [r[2] for r in rows], "timestamp": list(range(len(rows))),
+                     "event_type": [None] * len(rows)}, schema=RAW_EVENT_SCHEMA)
+
+
+def test_a_vocabulary_extension_never_moves_an_old_id():
+    old = Vocabularies.from_events(raw_events([("u1", "a", "x"), ("u1", "b", "y"), ("u2", "a", "x"),
+                                               ("u2", "c", "z")]))
+    new = Vocabularies.from_events(raw_events([("u3", "d", "w"), ("u3", "d", "w"), ("u2", "b", "x"),
+                                               ("u3", "e", "y"), ("u3", "d", "w")]))
+    extended = new.extending(old)
+    for name in ("user", "item", "category"):
+        before, after = getattr(old, name).tokens.to_pylist(), getattr(extended, name).tokens.to_pylist()
+        assert after[:len(before)] == before
+    assert extended.item.tokens.to_pylist() == ["a", "b", "c", "d", "e"]  # d (3 events) before e (1)
+    assert extended.category.tokens.to_pylist() == ["x", "y", "z", "w"]
+    assert extended.user.tokens.to_pylist()[2:] == ["u3"]
+    assert list(extended.item.counts) == [0, 1, 0, 3, 1]
+    categories = dict(zip(extended.item.tokens.to_pylist(),
+                          extended.category.lookup(extended.item_category[2:])))
+    # b now comes with x in the window; c, unseen in it, keeps the reference's z.
+    assert categories == {"a": "x", "b": "x", "c": "z", "d": "w", "e": "y"}
+    ids = extended.item.encode(pa.array(["a", "b", "c"]))
+    assert list(ids) == list(old.item.encode(pa.array(["a", "b", "c"])))
+
+
+def test_a_window_of_a_log_extends_its_reference_datasets_vocabularies(ray_session, tmp_path):
+    rows = event_rows(n_users=8, per_user=6)
+    write_events(tmp_path / "e.csv", rows, "csv")
+    source = SourceConfig(kind="events", inputs=(str(tmp_path / "e.csv"),), columns=COLUMNS)
+    boundary = 1_600_004_000  # users u0..u3 before it, u4..u7 after
+    first = run(tmp_path, "first", source=source, until=str(boundary))
+    iso = datetime.fromtimestamp(boundary, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    second = run(tmp_path, "second", source=source, since=iso, reference=str(first.path))
+    assert first.manifest["window"] == {"since": None, "until": boundary, "events": 24}
+    assert second.manifest["window"] == {"since": boundary, "until": None, "events": 24}
+    assert second.manifest["reference"]["path"] == str(first.path.resolve())
+    assert second.manifest["reference"]["vocab_sizes"] == first.manifest["vocab_sizes"]
+    old, new = first.vocabularies(), second.vocabularies()
+    for name in ("user", "item", "category"):
+        before = getattr(old, name).tokens.to_pylist()
+        assert getattr(new, name).tokens.to_pylist()[:len(before)] == before
+    assert old.user.tokens.to_pylist() and set(old.user.tokens.to_pylist()) == {f"u{u}" for u in range(4)}
+    assert set(new.user.tokens.to_pylist()[4:]) == {f"u{u}" for u in range(4, 8)}
+    users = {u for split in SPLITS for u in second.read_split(split, ["user"]).column("user").to_pylist()}
+    assert min(users) >= len(old.user)  # only the window's users have samples
+    with pytest.raises(InputError, match="must be before until"):
+        PrepareConfig(out=str(tmp_path / "x"), since="2020-09-14", until="2020-09-13")
+    with pytest.raises(InputError, match="neither seconds since the epoch nor an ISO date"):
+        PrepareConfig(out=str(tmp_path / "x"), since="last tuesday")
+    with pytest.raises(InputError, match="not a prepared dataset"):
+        PrepareConfig(out=str(tmp_path / "x"), reference=str(tmp_path))
+    with pytest.raises(InputError, match="no events between"):
+        run(tmp_path, "empty", source=source, since="2030-01-01")

@@ -41,6 +41,7 @@ from dien.data.dataset_dir import (
     USER_HISTORY_FILE,
     USER_HISTORY_SCHEMA,
     VOCAB_DIR,
+    load_manifest,
 )
 from dien.data.events import FILTERED, KEPT, REJECT_SCHEMA, REJECTED, InputError
 from dien.data.readers import SourceConfig, read_checked_events, read_parquet_files
@@ -72,14 +73,55 @@ class PrepareConfig:
     smaller bounds a task's memory."""
     keep_staging: bool = False
     """Keep ``<out>/staging/`` (the checked events as Parquet) for inspection."""
+    since: str | None = None
+    """Use only events at or after this time: seconds since the epoch, or an ISO date or date and time (UTC
+    unless it names a zone), e.g. 2018-09-01."""
+    until: str | None = None
+    """Use only events before this time (the same forms): with ``since``, one window of a log."""
+    reference: str | None = None
+    """A prepared dataset whose vocabularies this one extends: its tokens keep their ids and new tokens get
+    the ids after them (most frequent first), so a model trained on it can warm-start on this one."""
 
     def __post_init__(self) -> None:
+        window = self.window()
+        if window[0] is not None and window[1] is not None and window[0] >= window[1]:
+            raise InputError(f"since ({self.since}) must be before until ({self.until})")
+        if self.reference is not None and not (Path(self.reference) / VOCAB_DIR).is_dir():
+            raise InputError(f"--reference {self.reference}: not a prepared dataset (it has no {VOCAB_DIR}/)")
         if self.min_count < 1:
             raise InputError("min_count must be >= 1")
         if self.partitions is not None and self.partitions < 1:
             raise InputError("partitions must be >= 1")
         if self.events_per_group < 1:
             raise InputError("events_per_group must be >= 1")
+
+
+    def window(self) -> tuple[int | None, int | None]:
+        """(since, until) in seconds since the epoch; None where open."""
+        return (None if self.since is None else time_bound(self.since, "since"),
+                None if self.until is None else time_bound(self.until, "until"))
+
+
+def time_bound(value: str, what: str) -> int:
+    """Seconds since the epoch of ``value``: an integer, or an ISO 8601 date or date and time (UTC when it names
+    no zone)."""
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{what} {value!r} is neither seconds since the epoch nor an ISO date "
+                         "(2018-09-01, 2018-09-01T08:00:00+02:00)") from None
+    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp())
+
+
+def _in_window(events: pa.Table, since: int | None, until: int | None) -> pa.Table:
+    keep = pc.greater_equal(events.column("timestamp"), since) if since is not None else None
+    if until is not None:
+        before = pc.less(events.column("timestamp"), until)
+        keep = before if keep is None else pc.and_(keep, before)
+    return events.filter(keep)
 
 
 @dataclass
@@ -101,6 +143,8 @@ class PrepareSummary:
     seconds: float
     uncategorized: dict[str, int] = field(default_factory=dict)
     """``events`` and distinct ``items`` without a category: those an item table does not list."""
+    events_in_window: int | None = None
+    """Kept events inside ``since``/``until`` (what the samples are built from); None without a window."""
 
     @property
     def events_rejected(self) -> int:
@@ -187,12 +231,15 @@ def _block_counts(events: pa.Table) -> pa.Table:
     ])
 
 
-def _count_pass(events: ray.data.Dataset, partitions: int, min_count: int) -> tuple[Vocabularies, dict[str, int]]:
+def _count_pass(events: ray.data.Dataset, partitions: int, min_count: int
+                ) -> tuple[Vocabularies, dict[str, int]] | None:
     """Vocabularies from counts aggregated in Ray Data (only the count tables reach the driver), and the
-    events and items without a category (items an item table does not list)."""
+    events and items without a category (items an item table does not list); None when there are no events."""
     keys = ["kind", "key", "category"]
     counts = _collect(events.map_batches(_block_counts, batch_format="pyarrow")
                       .groupby(keys, num_partitions=partitions).sum("count"))
+    if counts.num_rows == 0:
+        return None
     counts = counts.rename_columns([*keys, "count"])
     users = counts.filter(pc.equal(counts.column("kind"), "user"))
     pairs = counts.filter(pc.equal(counts.column("kind"), "item"))
@@ -298,8 +345,18 @@ def _prepare(config: PrepareConfig) -> PrepareSummary:
 
     partitions = _partitions(config, kept)
     events = read_parquet_files(sorted(str(p) for p in (staging / "events").glob("*.parquet")))
+    since, until = config.window()
+    if since is not None or until is not None:
+        events = events.map_batches(_in_window, batch_format="pyarrow", fn_kwargs={"since": since, "until": until})
     logger.info("pass 2/3: counting users, items and categories (%d partitions)", partitions)
-    vocabularies, uncategorized = _count_pass(events, partitions, config.min_count)
+    counted = _count_pass(events, partitions, config.min_count)
+    if counted is None:
+        raise InputError(f"no events between since {config.since} and until {config.until}: all {kept} kept "
+                         "events lie outside the window")
+    vocabularies, uncategorized = counted
+    in_window = int(vocabularies.user.counts.sum())
+    if config.reference is not None:
+        vocabularies = vocabularies.extending(Vocabularies.load(Path(config.reference) / VOCAB_DIR))
     sizes = vocabularies.sizes()
     logger.info("vocabularies: %s (%.1fs)", sizes, time.perf_counter() - started)
     if config.source.items:
@@ -343,6 +400,7 @@ def _prepare(config: PrepareConfig) -> PrepareSummary:
         samples={split: sample_sink.rows.get(split, 0) for split in SPLITS},
         seconds=round(time.perf_counter() - started, 3),
         uncategorized=uncategorized,
+        events_in_window=in_window if since is not None or until is not None else None,
     )
     _write_manifest(out, config, summary, sizes, histories)
     logger.info("wrote %s: %s samples (%.1fs)", out, summary.samples, summary.seconds)
@@ -375,6 +433,13 @@ def _write_manifest(out: Path, config: PrepareConfig, summary: PrepareSummary, s
                   "user_history": USER_HISTORY_FILE},
         "seconds": summary.seconds,
     }
+    if summary.events_in_window is not None:
+        since, until = config.window()
+        manifest["window"] = {"since": since, "until": until, "events": summary.events_in_window}
+    if config.reference is not None:
+        reference = load_manifest(config.reference)
+        manifest["reference"] = {"path": str(Path(config.reference).resolve()), "created": reference.get("created"),
+                                 "vocab_sizes": reference["vocab_sizes"]}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=_jsonable) + "\n")
 
 

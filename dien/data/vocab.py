@@ -43,6 +43,16 @@ class Vocabulary:
         """Number of ids, including the reserved ones (the embedding table size)."""
         return len(self.tokens) + RESERVED
 
+    def extended_by(self, newer: "Vocabulary") -> "Vocabulary":
+        """This vocabulary's tokens at their ids, then ``newer``'s tokens it lacks, in ``newer``'s order (most
+        frequent first); every count is ``newer``'s (0 for a token ``newer`` has not seen)."""
+        added = pc.invert(pc.is_in(newer.tokens, value_set=self.tokens))
+        tokens = pa.concat_arrays([self.tokens, newer.tokens.filter(added)])
+        positions = pc.fill_null(pc.index_in(tokens, value_set=newer.tokens), -1).to_numpy()
+        counts = np.zeros(len(tokens), np.int64)
+        counts[positions >= 0] = newer.counts[positions[positions >= 0]]
+        return Vocabulary(tokens, counts)
+
     def encode(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Ids (int32) of ``values``; unknown or null tokens map to OUT_OF_VOCABULARY."""
         index = pc.index_in(values, value_set=self.tokens)
@@ -128,6 +138,22 @@ class Vocabularies:
             },
             schema=ENCODED_EVENT_SCHEMA,
         )
+
+    def extending(self, reference: "Vocabularies") -> "Vocabularies":
+        """These vocabularies (of a new window of events) laid over ``reference``'s: every token of the
+        reference keeps its id, tokens new to it get the ids after (most frequent first among themselves), and
+        counts are this window's. An item keeps the category this window gives it, else the reference's."""
+        user, item, category = (getattr(reference, n).extended_by(getattr(self, n)) for n in VOCAB_FILES)
+        category_ids = np.concatenate([np.arange(RESERVED), category.encode(self.category.tokens)]).astype(np.int32)
+        item_category = np.zeros(len(item), dtype=np.int32)
+        item_category[:len(reference.item)] = reference.item_category
+        seen = item.encode(self.item.tokens)
+        item_category[seen] = category_ids[self.item_category[RESERVED:]]
+        oov = None
+        if self.oov_category_counts is not None:
+            oov = np.zeros(len(category), np.int64)
+            np.add.at(oov, category_ids, self.oov_category_counts)
+        return Vocabularies(user, item, category, item_category, oov)
 
     def sampler(self) -> PopularitySampler:
         """Negatives drawn from every item by its count, the items below ``min_count`` included as the
