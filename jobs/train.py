@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
+from dien.artifacts import ArtifactError, verify_artifact
 from dien.model import MODELS
 from dien.train.cli import (add_cluster_arguments, add_model_arguments, add_optimization_arguments, cluster_config,
                             default_run_name, format_summary, model_options, train_config)
@@ -23,6 +25,10 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="prepared dataset directory (jobs/prepare_data.py)")
     parser.add_argument("--model", default="dien", choices=list(MODELS), help="(default: %(default)s)")
     parser.add_argument("--out", help="artifact directory to export the trained model to")
+    parser.add_argument("--init-from", metavar="ARTIFACT",
+                        help="start from this artifact's weights (embedding rows carried over by token; the same "
+                             "model and config but for the vocabulary sizes); the exported artifact records it as "
+                             "its parent")
     add_model_arguments(parser)
     add_optimization_arguments(parser)
     add_cluster_arguments(parser, run_name="dien")
@@ -39,10 +45,12 @@ def main() -> int:
         train=train_config(args),
         cluster=cluster_config(args),
         bf16=args.bf16,
+        init_from=args.init_from,
     )
     try:
+        parent = verify_artifact(args.init_from) if args.init_from else None
         result = run_training(job)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ArtifactError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.error:
@@ -50,7 +58,9 @@ def main() -> int:
         return 1
     print(format_summary(result.metrics))
     if args.out:
-        print(f"artifact: {export_artifact(job, result, args.out)}")
+        lineage = {"parent": {"name": parent["model"]["name"], "version": parent["version"],
+                              "path": str(Path(args.init_from).resolve())}} if parent else None
+        print(f"artifact: {export_artifact(job, result, args.out, extra=lineage)}")
     return 0
 
 

@@ -143,6 +143,7 @@ class BatchScorer:
             "item_table": self.artifact.item_categories is not None,
             "vocab_sizes": manifest.get("vocab_sizes", {}),
             "metrics": manifest.get("metrics", {}),
+            "parent": manifest.get("extra", {}).get("parent"),
             "config": manifest["model"]["config"],
             "serving": {
                 "replica": serve.get_replica_context().replica_tag,

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
+from dien.artifacts import load_artifact
 from dien.cluster import connect
 from dien.curves import numeric_points
 from dien.data.batch import Batch, collate
@@ -39,6 +40,7 @@ from dien.data.dataset_dir import MANIFEST_FILE, DatasetDir
 from dien.data.epochs import SampleOrder, ShardUnits, read_ahead, sample_checksum
 from dien.model import CTRModel, ModelConfig, build_model, resolve_config
 from dien.train.loop import BestEpoch, Predictions, TrainConfig, make_optimizer, predict, train_step
+from dien.train.warm_start import check_compatible, warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +91,15 @@ class TrainJob:
     """bf16 autocast on GPU."""
     fail_at_step: int | None = None
     """Test-only failure injection (see FAIL_AT_STEP_ENV)."""
+    init_from: str | None = None
+    """A model artifact whose weights the model starts from (``dien.train.warm_start``: embedding rows by
+    token); None: a fresh initialization."""
 
     def with_absolute_paths(self) -> "TrainJob":
         """The job with its paths made absolute: workers do not run in the driver's directory."""
         cluster = replace(self.cluster, storage=str(Path(self.cluster.storage).resolve()))
-        return replace(self, data=str(Path(self.data).resolve()), cluster=cluster)
+        init_from = None if self.init_from is None else str(Path(self.init_from).resolve())
+        return replace(self, data=str(Path(self.data).resolve()), cluster=cluster, init_from=init_from)
 
     def model_config(self, dataset: DatasetDir) -> ModelConfig:
         return resolve_config(self.model, ModelConfig(dataset.n_items, dataset.n_cats, **self.model_options))
@@ -110,7 +116,8 @@ class TrainJob:
         """What a run is: the trained model, its config, the training settings, the data and the bf16 switch.
         A checkpoint may only continue a run of the same identity (but for ``CONTINUABLE`` fields)."""
         return {"model": self.model, "model_config": self.model_config(dataset).to_dict(),
-                "train": asdict(self.train), "bf16": self.bf16, "dataset_sha256": dataset_sha256(dataset.path)}
+                "train": asdict(self.train), "bf16": self.bf16, "dataset_sha256": dataset_sha256(dataset.path),
+                "init_from": self.init_from}
 
 
 class RunMismatch(ValueError):
@@ -239,6 +246,12 @@ class WorkerRun:
         self.identity = job.identity(self.dataset)
         torch.manual_seed(job.train.seed)
         self.model = job.build(self.dataset)
+        if job.init_from is not None:
+            vocabularies = self.dataset.vocabularies()
+            carried = warm_start(self.model, job.model, job.model_config(self.dataset), load_artifact(job.init_from),
+                                 vocabularies.item, vocabularies.category)
+            if rank == 0:
+                logger.info("warm start from %s: %s", job.init_from, carried)
         self.optimizer, self.scheduler = make_optimizer(self.model, job.train)
         self.order = SampleOrder(ShardUnits(self.dataset.split_files("train")), job.train.order())
         self.progress = Progress()
@@ -417,6 +430,8 @@ def run_training(job: TrainJob):
     if job.train.patience is not None and not DatasetDir(job.data).manifest["counts"].get("valid"):
         raise ValueError(f"early stopping (patience {job.train.patience}) needs validation samples, and {job.data} "
                          "has none: prepare it with a validation split, or train with --patience none")
+    if job.init_from is not None:  # refused here, before workers start, not retried as a worker failure
+        check_compatible(load_artifact(job.init_from), job.model, job.model_config(DatasetDir(job.data)))
     claim_run(job)
     connect(cluster.address)
     trainer = TorchTrainer(
