@@ -594,6 +594,16 @@ def test_categories_come_from_the_item_table(server, offline, catalog):
     assert answers[0]["corrected_categories"] == answers[2]["corrected_categories"] == []
 
 
+def test_a_json_syntax_error_is_named_with_its_line_and_column(server):
+    document = '{\n  "user_id": "u1",\n  "candidates": [{"item_id": "i1"} {"item_id": "i2"}]\n}'
+    answer = server.post(data=document.encode(), headers=JSON)
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["detail"][0]["message"]
+    assert message.startswith("not valid JSON: Expecting ',' delimiter at line 3, column 36 (character 56), near "), \
+        message
+    assert '"i1"} {"item_i' in message
+
+
 def test_thousands_of_unknown_fields_get_a_bounded_answer(server, catalog):
     body = {"user_id": "u1", "candidates": catalog[:1], **{f"field{k}": 1 for k in range(500)}}
     response = server.post(body)

@@ -281,7 +281,7 @@ def build_api(ingress: Ingress) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = exc.errors()
         status = 400 if any(p["type"] == "json_invalid" for p in problems) else 422
-        return ingress.rejected(status, [describe(p) for p in problems])
+        return ingress.rejected(status, [describe(p, getattr(exc, "body", None)) for p in problems])
 
     @api.exception_handler(ScorerUnavailable)
     async def scorer_unavailable(request: Request, exc: ScorerUnavailable) -> JSONResponse:

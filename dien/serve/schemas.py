@@ -156,11 +156,21 @@ def field_path(loc: Sequence[Any]) -> str:
     return path or "body"
 
 
-def describe(error: dict[str, Any]) -> FieldError:
-    """One FastAPI validation error as a :class:`FieldError` with a message a client can act on."""
+def _where(document: str, position: int) -> str:
+    """Line, column and the text around ``position`` of ``document``, for a parse error."""
+    line = document.count("\n", 0, position) + 1
+    column = position - (document.rfind("\n", 0, position) + 1) + 1
+    near = document[max(0, position - 10):position + 10]
+    return f"line {line}, column {column} (character {position}), near {near!r}"
+
+
+def describe(error: dict[str, Any], document: Any = None) -> FieldError:
+    """One FastAPI validation error as a :class:`FieldError` with a message a client can act on; ``document``:
+    the body as text, which a JSON syntax error is located in."""
     if error["type"] == "json_invalid":
-        return FieldError(field="body", message=f"not valid JSON: {error.get('ctx', {}).get('error', error['msg'])} "
-                                                f"at character {error['loc'][-1]}")
+        reason, position = error.get("ctx", {}).get("error", error["msg"]), error["loc"][-1]
+        where = _where(document, position) if isinstance(document, str) else f"character {position}"
+        return FieldError(field="body", message=f"not valid JSON: {reason} at {where}")
     if isinstance(error.get("input"), (bytes, bytearray)):
         # FastAPI hands over the raw bytes when the Content-Type is not JSON.
         return FieldError(field="body", message="expected a JSON object sent with Content-Type: application/json")
