@@ -37,7 +37,6 @@ import math
 import os
 import platform
 import shutil
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from dien.bench.load import LoadResult, LoadSettings, measure
 from dien.bench.models import SmallModels, ensure_artifact, ensure_dataset
 from dien.bench.peers import available as peer_available
 from dien.bench.plain_server import PlainServer, PlainServerConfig
+from dien.bench.redis_process import free_port
 from dien.bench.request_path import offline_candidates_per_s, request_path_breakdown
 from dien.bench.workload import Workload, score_bodies
 from dien.cluster import default_local_cpus
@@ -209,12 +209,6 @@ def _finish(report: QpsReport, started: float) -> None:
     report.environment["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _resolve(path: str, default: str, cache: Path, make: Callable[[Path], Path]) -> Path:
     """``path`` if it exists; else, if it is the default, the cached copy (made if missing)."""
     if Path(path).exists():
@@ -333,7 +327,7 @@ def _warm_up(urls: dict[str, str], workload: Workload, timeout_s: float = 120.0)
 def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any], data: Path,
                       workloads: dict[int, Workload], measured: list[tuple[Variant, bool]], student: Path) -> None:
     peer_size = _peer_size(config.candidates)
-    server = LocalServe(port=config.port or _free_port())
+    server = LocalServe(port=config.port or free_port())
     plain: list[PlainServer] = []
     try:
         deployed = variants_config(base, [v for v, _ in measured], data)
@@ -349,7 +343,7 @@ def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any]
             else:
                 logger.warning("DeepCTR-Torch is not installed (pip install -e '.[peers]'): its variant is skipped")
             for name, peer in peers:
-                plain.append(PlainServer(peer, port=_free_port()))
+                plain.append(PlainServer(peer, port=free_port()))
                 urls[name], sized[name] = plain[-1].url, False
 
         _warm_up(urls, workloads[min(config.candidates)])

@@ -98,6 +98,12 @@ def _hash_ids(user_ids: list[str]) -> np.ndarray:
     return np.fromiter((hash(u) for u in user_ids), dtype=np.int64, count=len(user_ids))
 
 
+def tokens_of(tokens: pa.Array, ids: np.ndarray) -> list[str | None]:
+    """The tokens of vocabulary ids (``tokens[i]`` is id ``i + RESERVED``); None for a reserved id."""
+    index = np.asarray(ids).astype(np.int64) - RESERVED
+    return tokens.take(pa.array(index, mask=index < 0)).to_pylist()
+
+
 class UserHistoryStore:
     """The snapshot: latest history of each known user as tokens (oldest first), from flat arrays."""
 
@@ -174,13 +180,9 @@ class UserHistoryStore:
         if row is None:
             return None
         start, stop = self._offsets[row], self._offsets[row + 1]
-        return (self._tokens(self._item_tokens, self._items[start:stop]),
-                self._tokens(self._cat_tokens, self._cats[start:stop]))
+        return (tokens_of(self._item_tokens, self._items[start:stop]),
+                tokens_of(self._cat_tokens, self._cats[start:stop]))
 
-    @staticmethod
-    def _tokens(tokens: pa.Array, ids: np.ndarray) -> list[str | None]:
-        index = ids.astype(np.int64) - RESERVED
-        return tokens.take(pa.array(index, mask=index < 0)).to_pylist()
 
     async def history(self, user_id: str) -> Behaviors | None:
         return self.lookup(user_id)

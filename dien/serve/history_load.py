@@ -23,9 +23,9 @@ import ray
 from dien.data.dataset_dir import USER_HISTORY_FILE, VOCAB_DIR, DatasetDir
 from dien.data.events import KEPT
 from dien.data.readers import SourceConfig, read_checked_events, read_parquet_files
-from dien.data.vocab import RESERVED, VOCAB_FILES, Vocabulary
+from dien.data.vocab import VOCAB_FILES, Vocabulary
 from dien.serve.config import RedisStoreConfig
-from dien.serve.history import BehaviorEvent
+from dien.serve.history import BehaviorEvent, tokens_of
 from dien.serve.redis_history import RedisHistoryWriter
 
 logger = logging.getLogger(__name__)
@@ -85,18 +85,14 @@ def _write_users(writer: RedisHistoryWriter, histories: dict[str, list[BehaviorE
     return pa.table({"users": [len(users)], "behaviors": [behaviors]}, schema=COUNTS_SCHEMA)
 
 
-def _tokens(tokens: pa.Array, ids: pa.Array) -> list[str | None]:
-    index = ids.to_numpy(zero_copy_only=False).astype(np.int64) - RESERVED
-    return tokens.take(pa.array(index, mask=index < 0)).to_pylist()
-
-
 def _write_dataset_rows(batch: pa.Table, tokens: ray.ObjectRef, config: LoadConfig) -> pa.Table:
     """Rows of ``user_history.parquet`` (ids) as tokens into Redis. A task, not an actor pool, so it fuses with
     the read and needs no CPU beyond it (a cluster busy serving may have just one free)."""
     item_tokens, cat_tokens = ray.get(tokens)
     items = batch.column("hist_item").combine_chunks()
-    items_flat = _tokens(item_tokens, items.flatten())
-    cats_flat = _tokens(cat_tokens, batch.column("hist_cat").combine_chunks().flatten())
+    cats = batch.column("hist_cat").combine_chunks()
+    items_flat = tokens_of(item_tokens, items.flatten().to_numpy(zero_copy_only=False))
+    cats_flat = tokens_of(cat_tokens, cats.flatten().to_numpy(zero_copy_only=False))
     offsets = items.offsets.to_numpy() - items.offsets[0].as_py()
     keep = config.redis.max_len
     histories = {}
