@@ -28,7 +28,7 @@ def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(scope="module", params=["dien", "din"])
+@pytest.fixture(scope="module", params=["dien", "din", "wide_deep"])
 def artifact(request, tmp_path_factory, small_dataset):
     torch.manual_seed(0)
     config = ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=8, item_dim=4, cat_dim=4,

@@ -131,13 +131,81 @@ def test_selecting_only_what_the_score_reads_scores_the_same(name):
         history = model.encode_history(batch.hist_item, batch.hist_cat, batch.lengths)
         lean = history.select(index, model.score_reads)
         torch.testing.assert_close(model.score(lean, targets, cats), model.score(history.select(index), targets, cats))
-    unread = {"behaviors", "lengths", "behavior_sum", "states", "evolution_inputs"} - set(model.score_reads)
+    unread = {"behaviors", "lengths", "behavior_sum", "states", "evolution_inputs", "categories"} - set(
+        model.score_reads)
     assert all(getattr(lean, field) is None for field in unread), unread
     if name == "dien":
         assert "behaviors" in unread  # the [C, T, E] embeddings are never copied per candidate
         # The AUGRU's projections stay per request: the candidates read them through evolution_rows.
         assert lean.evolution_inputs.data_ptr() == history.evolution_inputs.data_ptr()
         assert lean.evolution_rows.tolist() == index.tolist()
+
+
+def test_pnn_feeds_the_mlp_every_field_and_the_inner_product_of_every_pair():
+    torch.manual_seed(0)
+    model = build_model("pnn", ModelConfig(n_items=50, n_cats=10, item_dim=4, cat_dim=4)).eval()
+    batch = random_batch()
+    seen = []
+    model.mlp.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    model.predict(batch)
+    valid = (torch.arange(8).unsqueeze(0) < batch.lengths.unsqueeze(1)).unsqueeze(2)
+    fields = [model.embedding.items(batch.target_item), model.embedding.cats(batch.target_cat),
+              (model.embedding.items(batch.hist_item) * valid).sum(1), (model.embedding.cats(batch.hist_cat) * valid).sum(1)]
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    expected = torch.cat(fields + [(fields[i] * fields[j]).sum(-1, keepdim=True) for i, j in pairs], dim=-1)
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_pnn_refuses_fields_of_different_widths():
+    with pytest.raises(ValueError, match=r"item_dim \(18\) must equal cat_dim \(8\)"):
+        build_model("pnn", ModelConfig(n_items=50, n_cats=10, cat_dim=8))
+
+
+def test_wide_part_adds_a_cross_weight_once_per_distinct_history_category():
+    model = build_model("wide_deep", ModelConfig(n_items=50, n_cats=10)).eval()
+    wide = model.wide
+    target_item, target_cat = torch.tensor([7]), torch.tensor([3])
+    bucket = int(wide.cross_index(0, target_item, torch.tensor([[4]])))
+    with torch.no_grad():
+        wide.crosses.weight[bucket] = 1.0
+
+    def wide_logit(categories, length):
+        history = model.encode_history(torch.full((1, 5), 9), torch.tensor([categories]), torch.tensor([length]))
+        return float(wide(history.categories, target_item, target_cat).detach())
+
+    assert wide_logit([4, 4, 5, 4, 0], 4) == pytest.approx(1.0)  # category 4 three times: the feature is binary
+    assert wide_logit([5, 6, 5, 0, 0], 3) == 0.0
+    assert wide_logit([5, 6, 0, 0, 4], 3) == 0.0  # past the history's length
+    assert wide_logit([4, 5, 6, 0, 0], 3) == pytest.approx(1.0)
+    with torch.no_grad():
+        deep = model.mlp(torch.cat([model.embedding(target_item, target_cat),
+                                    model.encode_history(torch.tensor([[9, 9]]), torch.tensor([[4, 5]]),
+                                                         torch.tensor([2])).behavior_sum], dim=-1))
+        full = model.score(model.encode_history(torch.tensor([[9, 9]]), torch.tensor([[4, 5]]), torch.tensor([2])),
+                           target_item, target_cat)
+    torch.testing.assert_close(full, deep + 1.0)
+
+
+def test_cross_buckets_spread_over_the_table():
+    wide = build_model("wide_deep", ModelConfig(n_items=5000, n_cats=100, wide_buckets=1024)).wide
+    targets = torch.arange(2, 5000)
+    buckets = torch.cat([wide.cross_index(kind, targets, torch.arange(2, 100).expand(len(targets), -1)).flatten()
+                         for kind in (0, 1)])
+    counts = torch.bincount(buckets, minlength=1024)
+    assert buckets.min() >= 0 and buckets.max() < 1024
+    assert counts.max() < 1.2 * counts.float().mean()
+
+
+def test_an_encoding_cut_into_rows_and_stacked_scores_the_same():
+    torch.manual_seed(0)
+    batch = random_batch()
+    for name in ("wide_deep", "din", "dien"):
+        model = build_model(name, ModelConfig(n_items=50, n_cats=10)).eval()
+        with torch.no_grad():
+            history = model.encode_history(batch.hist_item, batch.hist_cat, batch.lengths)
+            stacked = type(history).stack(history.rows(model.score_reads)[::-1])
+            torch.testing.assert_close(model.score(stacked, batch.target_item.flip(0), batch.target_cat.flip(0)),
+                                       model.score(history, batch.target_item, batch.target_cat).flip(0))
 
 
 def test_only_dien_returns_an_auxiliary_loss():

@@ -78,3 +78,29 @@ def test_another_model_kind_or_config_is_refused_naming_the_difference(artifact)
     wider = replace(din_config, hidden=16)
     with pytest.raises(IncompatibleWarmStart, match="hidden: 8 in the artifact, 16 here"):
         warm_start(build_model("dien", wider), "dien", wider, artifact, items, cats)
+
+
+def test_wide_crosses_are_carried_only_while_the_old_ids_keep_their_tokens(tmp_path):
+    items, cats = vocabulary(["a", "b", "c"]), vocabulary(["x", "y"])
+    config = replace(CONFIG, n_items=len(items), n_cats=len(cats), wide_buckets=64)
+    parent = build_model("wide_deep", config)
+    with torch.no_grad():
+        for table in (parent.wide.items, parent.wide.cats, parent.wide.crosses):
+            table.weight.normal_()
+    artifact = load_artifact(save_artifact(tmp_path / "wd", parent.eval(), "wide_deep", config, items, cats, max_len=10))
+
+    extended = vocabulary(["a", "b", "c", "new"]), vocabulary(["x", "y", "z"])
+    grown = replace(config, n_items=len(extended[0]), n_cats=len(extended[1]))
+    model = build_model("wide_deep", grown)
+    carried = warm_start(model, "wide_deep", grown, artifact, *extended)
+    assert "reinitialized" not in carried
+    assert torch.equal(model.wide.crosses.weight, parent.wide.crosses.weight)
+    assert torch.equal(model.wide.items.weight[:len(items)], parent.wide.items.weight)
+
+    reordered = vocabulary(["c", "a", "b"]), vocabulary(["x", "y"])
+    model = build_model("wide_deep", config)
+    carried = warm_start(model, "wide_deep", config, artifact, *reordered)
+    assert carried["reinitialized"] == ["wide.crosses.weight"]
+    assert not model.wide.crosses.weight.any()
+    c_new, c_old = (int(v.encode(pa.array(["c"]))[0]) for v in (reordered[0], items))
+    assert torch.equal(model.wide.items.weight[c_new], parent.wide.items.weight[c_old])

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from dien.data.batch import Batch
 
 
-TIME_FIELDS = ("behaviors", "states", "evolution_inputs")
+TIME_FIELDS = ("behaviors", "states", "evolution_inputs", "categories")
 """The :class:`HistoryEncoding` tensors with a time axis (dim 1)."""
 
 
@@ -24,7 +24,8 @@ class HistoryEncoding:
     evolution_inputs: [R', T, 3H] the interest evolution GRU's input projections of the states (DIEN with
     AUGRU or AGRU: they depend on the history only, so a request computes them once for all its candidates);
     evolution_rows: [R] the row of ``evolution_inputs`` each row reads (None: row i reads row i). :meth:`select`
-    leaves the projections per request and records the rows, which the kernel reads in place.
+    leaves the projections per request and records the rows, which the kernel reads in place;
+    categories: [R, T] int64 each history's distinct categories, then zeros (Wide&Deep's cross features).
     """
 
     behaviors: Tensor
@@ -33,6 +34,7 @@ class HistoryEncoding:
     states: Tensor | None = None
     evolution_inputs: Tensor | None = None
     evolution_rows: Tensor | None = None
+    categories: Tensor | None = None
 
     def select(self, index: Tensor, names: Sequence[str] | None = None) -> "HistoryEncoding":
         """Rows ``index`` [C] (e.g. each candidate's request) of the tensors ``names`` (default: all); the
@@ -76,7 +78,8 @@ class HistoryEncoding:
             if values[0] is None:
                 stacked[f.name] = None
             elif f.name in TIME_FIELDS:
-                stacked[f.name] = torch.cat([nn.functional.pad(v, (0, 0, 0, steps - v.shape[1])) for v in values])
+                stacked[f.name] = torch.cat([nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, steps - v.shape[1]))
+                                             for v in values])
             else:
                 stacked[f.name] = torch.cat(values)
         return HistoryEncoding(**stacked)

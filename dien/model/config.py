@@ -33,6 +33,8 @@ class ModelConfig:
     """Whether the model adds the auxiliary loss of the interest extractor."""
     aux_dims: tuple[int, ...] = (100, 50)
     """Hidden widths of the auxiliary network on concat(h_t, e_{t+1})."""
+    wide_buckets: int = 1 << 18
+    """Wide&Deep: hash buckets of the wide part's cross features (target x history category)."""
     history_sum: bool = False
     """DIN and DIEN: False gives the papers' own MLP inputs (DIEN Fig. 3: target and final interest; DIN:
     target and attention-pooled history). True also feeds the sum-pooled history and its product with the

@@ -8,7 +8,7 @@ from dien.model.base import CTRModel
 from dien.model.config import ModelConfig
 from dien.model.din import DIN
 from dien.model.dien import DIEN
-from dien.model.pooling import SumPoolingModel
+from dien.model.pooling import ProductNetwork, SumPoolingModel, WideAndDeep
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,8 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "base": ModelSpec(SumPoolingModel, "BaseModel: Embedding & MLP with sum pooling"),
-    # The DIEN paper's Table 2 baselines as its official code builds them (Model_WideDeep, Model_PNN), not the
-    # full models of their own papers: no hashed cross features, no product layer across every field pair.
-    "wide_deep": ModelSpec(SumPoolingModel, "Wide&Deep (DIEN code): wide = linear on [target, target*sum]",
-                           options={"wide": True}),
-    "pnn": ModelSpec(SumPoolingModel, "PNN (DIEN code): MLP on [target, sum, target*sum]", options={"product": True}),
+    "wide_deep": ModelSpec(WideAndDeep, "Wide&Deep: BaseModel's MLP + a linear part over hashed cross features"),
+    "pnn": ModelSpec(ProductNetwork, "PNN: inner-product layer over the target and pooled-history fields + MLP"),
     "din": ModelSpec(DIN, "DIN: target attention over behaviors"),
     "gru_att": ModelSpec(DIEN, "Two-layer GRU + attention", {"evolution": "gru_attention", "use_aux": False}),
     "gru_aigru": ModelSpec(DIEN, "GRU + AIGRU", {"evolution": "aigru", "use_aux": False}),
