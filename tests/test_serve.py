@@ -37,13 +37,15 @@ from dien.model import ModelConfig, build_model
 from dien.serve import RequestLimits, ScorerConfig, ServeArgs
 from dien.serve.batch_scoring import BatchScoringConfig, score_requests
 from dien.serve.auth import load_tokens
-from dien.serve.config import AuthConfig, RedisStoreConfig, resolve_path
+from dien.serve.config import AuthConfig, IngressConfig, RedisStoreConfig, RoutingConfig, resolve_path
 from dien.serve.history import UserHistoryStore
+from dien.serve.routing import Router
 from dien.serve.history_load import LoadConfig, load_histories
 from dien.serve.ingress import BATCH_SIZE_HEADER, INGRESS, current_request_id
-from dien.bench.redeploy_check import LoadProbe, config_with_model, wait_for_version
+from dien.bench.redeploy_check import (LoadProbe, config_with_model, rollout_steps, run_rollout, wait_for_model,
+                                      wait_for_version)
 from dien.serve.schemas import MAX_LISTED_ERRORS, metric_field
-from dien.serve.scorer import SCORER
+from dien.serve.scorer import SCORER, scorer_name
 from dien.serve.scoring import HistoryEncodingCache, ModelVocabulary, ScoreJob, score_jobs
 from dien.train.evaluate import id_translation
 from servers import free_port
@@ -191,11 +193,11 @@ def server(ray_session, artifacts, prepared_dataset) -> Server:
     serve.shutdown()
 
 
-def assert_scored(response: requests.Response, body: dict[str, Any], oracle: Offline) -> None:
+def assert_scored(response: requests.Response, body: dict[str, Any], oracle: Offline, label: str = "default") -> None:
     assert response.status_code == 200, response.text
     answer = response.json()
     expected, length = oracle.score(body)
-    assert answer["model"] == {"name": "dien", "version": oracle.version}
+    assert answer["model"] == {"name": "dien", "version": oracle.version, "label": label}
     assert answer["history_length"] == length
     np.testing.assert_allclose(answer["scores"], expected, rtol=0, atol=1e-5)
 
@@ -395,13 +397,19 @@ def builder_of(import_path: str) -> Callable:
 def test_serve_config_validates_and_builds(config_file, artifacts, prepared_dataset):
     config = ServeDeploySchema.model_validate(yaml.safe_load(config_file.read_text()))
     for app in config.applications:
+        versions = ServeArgs.model_validate(app.args).versions()
+        scorers = {scorer_name(label) for label in versions} if app.args.get("scoring") != "in_ingress" else set()
         names = {d.name for d in app.deployments}
-        assert names <= {INGRESS, SCORER}, f"{config_file.name}: unknown deployments {names - {INGRESS, SCORER}}"
+        assert names <= {INGRESS} | scorers, f"{config_file.name}: unknown deployments {names - {INGRESS} - scorers}"
         for deployment in app.deployments:
-            if deployment.name == SCORER:
+            if deployment.name in scorers:
                 batch = ScorerConfig.model_validate(deployment.user_config)
                 assert deployment.max_ongoing_requests >= batch.max_batch_size
-        args = {**app.args, "model": str(artifacts["a"]), "history": str(prepared_dataset.path)}
+            elif isinstance(deployment.user_config, dict):
+                routing = IngressConfig.model_validate(deployment.user_config).routing
+                Router(routing, list(versions))
+        model = {label: str(artifacts["a"]) for label in versions}
+        args = {**app.args, "model": model, "history": str(prepared_dataset.path)}
         # As Serve calls the builder: the args dict becomes the annotated pydantic model.
         built = call_user_app_builder_with_args_if_necessary(builder_of(app.import_path), args)
         assert isinstance(built, Application)
@@ -852,9 +860,86 @@ def test_redeploying_a_new_model_under_load_fails_no_request(server, offline, ca
         time.sleep(2.0)
     report = probe.report
     assert report.failed == 0, report.failures
-    assert set(report.versions) == {offline["a"].version, offline["b"].version}, report.versions
+    assert set(report.versions) == {f"default:{offline['a'].version}", f"default:{offline['b'].version}"}, \
+        report.versions
     # The new model's vocabulary numbers the items differently: tokens are translated, scores still exact.
     assert_scored(server.post(body), body, offline["b"])
+
+
+@pytest.fixture(scope="module")
+def rollout(server, offline, catalog, artifacts, prepared_dataset) -> dict[str, Any]:
+    """Serves artifact b as ``default`` (as the re-deploy test left it), then rolls a out beside it as
+    ``candidate`` under load (shadow, promote, roll back); the rollout's report and its configs."""
+    base = local_config(artifacts["b"], prepared_dataset.path, **BATCHING).model_dump(mode="json", exclude_unset=True)
+    server.deploy(ServeDeploySchema.model_validate(base))
+    wait_for_version(server.url, offline["b"].version, timeout_s=90)
+    steps = rollout_steps(base, str(artifacts["a"]), "candidate", offline["a"].version)
+    body = {"user_id": list(offline["a"].stored)[5], "candidates": catalog[:10]}
+    with LoadProbe(server.url, body, threads=3) as probe:
+        time.sleep(0.5)
+        phases = run_rollout(server.url, steps, lambda c: server.deploy(ServeDeploySchema.model_validate(c)), probe,
+                             grace_s=1.0, timeout_s=120)
+    return {"phases": {p["step"]: p for p in phases}, "steps": steps, "failed": probe.report.failed}
+
+
+def test_a_new_version_is_shadowed_promoted_and_rolled_back_with_no_failed_request(rollout, offline):
+    assert rollout["failed"] == 0, rollout["phases"]
+    old, new = f"default:{offline['b'].version}", f"candidate:{offline['a'].version}"
+    phases = rollout["phases"]
+    assert set(phases["shadow"]["answered_by"]) == {old}  # the shadow scores, never answers
+    assert new in phases["promote"]["answered_by"]
+    assert set(phases["rollback"]["answered_by"]) <= {old, new} and old in phases["rollback"]["answered_by"]
+    assert all(p["requests"] > 0 for p in phases.values())
+
+
+def test_the_split_routes_by_user_shadows_compare_and_a_request_may_name_its_version(
+        rollout, server, offline, catalog):
+    before = server.get("/v1/model").json()
+    config = json.loads(json.dumps(rollout["steps"][0].config))
+    routing = {"split": {"default": 1, "candidate": 1}, "shadow": ["candidate"]}
+    ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == INGRESS)
+    ingress["user_config"]["routing"] = routing
+    server.deploy(ServeDeploySchema.model_validate(config))
+    wait_for_model(server.url, lambda info: info["routing"]["split"] == {"default": 0.5, "candidate": 0.5},
+                   "the 50/50 split", timeout_s=60)
+    info = server.get("/v1/model").json()
+    assert set(info["versions"]) == {"default", "candidate"}
+    # A routing change reaches the running replicas: no scorer was replaced.
+    assert all(info["versions"][v]["serving"]["replica"] == before["versions"][v]["serving"]["replica"]
+               for v in ("default", "candidate"))
+    assert info["versions"]["candidate"]["version"] == offline["a"].version
+    shadowed_before = info["shadow"]["candidate"]
+
+    expected_router = Router(RoutingConfig.model_validate(routing), ["default", "candidate"])
+    oracles = {"default": offline["b"], "candidate": offline["a"]}
+    shadow_diffs = []
+    for user in list(offline["a"].stored)[:16]:
+        body = {"user_id": user, "candidates": catalog[:6]}
+        label = expected_router.route(user)
+        for _ in range(2):
+            assert_scored(server.post(body), body, oracles[label], label)
+        if label == "default":
+            shadow_diffs += [np.abs(offline["b"].score(body)[0] - offline["a"].score(body)[0]).mean()] * 2
+    assert 0 < len(shadow_diffs) < 32
+
+    def shadowed(info: dict[str, Any]) -> bool:
+        return info["shadow"]["candidate"]["requests"] - shadowed_before["requests"] == len(shadow_diffs)
+
+    wait_for_model(server.url, shadowed, "the shadow comparisons", timeout_s=30)
+    after = server.get("/v1/model").json()["shadow"]["candidate"]
+    added = (after["mean_abs_diff"] * after["requests"]
+             - shadowed_before["mean_abs_diff"] * shadowed_before["requests"])
+    assert added == pytest.approx(sum(shadow_diffs), abs=1e-4) and after["failed"] == 0
+
+    user = next(u for u in offline["a"].stored if expected_router.route(u) == "default")
+    named = {"user_id": user, "candidates": catalog[:6], "version": "candidate"}
+    assert_scored(server.post(named), named, offline["a"], "candidate")
+    unknown = server.post({**named, "version": "nightly"})
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"] == [{"field": "version", "message": "unknown version 'nightly'; this "
+                                                                        "application serves default, candidate"}]
+    health = server.get("/healthz").json()
+    assert health["status"] == "ok" and set(health["models"]) == {"default", "candidate"}
 
 
 def test_the_request_id_comes_from_the_serve_context_this_ray_version_keeps():

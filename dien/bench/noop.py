@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve import Application
 
-from dien.serve.config import RequestLimits
+from dien.serve.config import DEFAULT_VERSION, RequestLimits
 from dien.serve.ingress import INGRESS
 from dien.serve.schemas import ModelRef, ScoreResponse, score_request_model
 
-NOOP_MODEL = ModelRef(name="noop", version="0")
+NOOP_MODEL = ModelRef(name="noop", version="0", label=DEFAULT_VERSION)
 NOOP_SCORE = 0.5
 
 

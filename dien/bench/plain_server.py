@@ -26,7 +26,7 @@ import torch
 from fastapi import FastAPI
 
 from dien.data.dataset_dir import DatasetDir
-from dien.serve.config import RequestLimits
+from dien.serve.config import DEFAULT_VERSION, RequestLimits
 from dien.serve.history import UserHistoryStore
 from dien.serve.schemas import ModelRef, ScoreResponse, item_and_category_lists, score_request_model
 
@@ -120,7 +120,7 @@ def create_app(config: PlainServerConfig | None = None) -> FastAPI:
             hist_items, hist_cats = store.lookup(body.user_id or "") or ([], [])
         items, cats = item_and_category_lists(body.candidates)
         scores, name = score(items, cats, hist_items, hist_cats)
-        return ScoreResponse(scores=scores, model=ModelRef(name=name, version="0"),
+        return ScoreResponse(scores=scores, model=ModelRef(name=name, version="0", label=DEFAULT_VERSION),
                              history_length=min(len(hist_items), max_len))
 
     @api.get("/healthz")

@@ -15,7 +15,7 @@ import torch
 from dien.artifacts import load_artifact
 from dien.bench.scoring_cost import best_seconds
 from dien.bench.workload import Workload
-from dien.serve.config import RequestLimits
+from dien.serve.config import DEFAULT_VERSION, RequestLimits
 from dien.serve.history import UserHistoryStore
 from dien.serve.schemas import ModelRef, ScoreResponse, item_and_category_lists, score_request_model
 from dien.serve.scoring import HistoryEncodingCache, ModelVocabulary, ScoreJob, score_jobs
@@ -80,7 +80,8 @@ def request_path_breakdown(model: str | Path, data: str | Path, workload: Worklo
     try:
         results = [path.score(batch) for batch in _batches(jobs)]
         scores = [s for result in results for s in result.scores]
-        model_ref = ModelRef(name=path.artifact.name, version=str(path.artifact.manifest["version"]))
+        model_ref = ModelRef(name=path.artifact.name, version=str(path.artifact.manifest["version"]),
+                             label=DEFAULT_VERSION)
         steps = {
             "json_parse": lambda: [json.loads(b) for b in bodies],
             "validate": lambda: [path.request_model.model_validate(p) for p in parsed],

@@ -11,7 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, StringConstraints,
+                      model_validator)
+
+DEFAULT_VERSION = "default"
+"""The label of the one version a ``model: <path>`` config serves."""
+VersionLabel = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
 class RequestLimits(BaseModel):
@@ -86,9 +91,12 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    model: str = Field(min_length=1)
-    """Model artifact directory (``dien.artifacts``). Relative paths resolve against each replica's
-    working directory: the directory ``ray start --head`` or ``serve run`` was started in."""
+    model: Annotated[str, Field(min_length=1)] | dict[VersionLabel, Annotated[str, Field(min_length=1)]]
+    """Model artifact directory (``dien.artifacts``), or several versions side by side: ``{label: directory}``,
+    each scored by a Scorer deployment of its own (``Scorer`` for the label ``default``, ``Scorer-<label>`` for
+    the others: their ``deployments:`` entries); the Ingress's ``user_config.routing`` (:class:`RoutingConfig`)
+    says which requests each answers. Relative paths resolve against each replica's working directory: the
+    directory ``ray start --head`` or ``serve run`` was started in."""
     history: str | HistoryStoreConfig | None = None
     """The user-history store: ``{store: redis, url: ...}`` (:class:`RedisStoreConfig`), ``{store: snapshot,
     path: ...}`` or just the snapshot's path (:class:`SnapshotStoreConfig`). None: no store, every user
@@ -108,6 +116,16 @@ class ServeArgs(BaseModel):
     """A sent category that contradicts the model's item table: ignore (score the item with its own category
     and list the position in ``corrected_categories``) or reject (422 naming the field). Categories may always
     be left out where the model has an item table."""
+
+    @model_validator(mode="after")
+    def _some_model(self) -> "ServeArgs":
+        if isinstance(self.model, dict) and not self.model:
+            raise ValueError("model: give an artifact directory or at least one {label: directory}")
+        return self
+
+    def versions(self) -> dict[str, str]:
+        """Version label -> artifact directory, in the config's order (a single path: ``default``)."""
+        return {DEFAULT_VERSION: self.model} if isinstance(self.model, str) else dict(self.model)
 
 
 class ScorerConfig(BaseModel):
@@ -132,6 +150,50 @@ class ScorerConfig(BaseModel):
     """Memory for the encodings of recently scored histories (interest states and the AUGRU's input
     projections; about max_len x 5 x hidden x 4 bytes each), reused exactly by a user's repeat request; 0 turns
     the cache off."""
+
+
+class RoutingConfig(BaseModel):
+    """Which served version answers a request, and which score a copy of it (the Ingress's
+    ``user_config.routing``: a change applies to running replicas, so a promotion or a rollback is a
+    ``serve deploy`` of the edited file, no restart)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    split: dict[VersionLabel, NonNegativeFloat] | None = None
+    """Weight of each version label (any positive total; left-out versions get none). A request with a
+    ``user_id`` lands by a hash of it, so a user stays on one version while the split stays, and moving weight
+    moves only the users it must. None: every request to the first version of ``model``. A request that names
+    a ``version`` gets that one."""
+    shadow: list[VersionLabel] = []
+    """Versions that also score a copy of the split's requests, after the answer is sent: their scores are
+    compared with the answered ones (``GET /v1/model``, the ``dien_shadow_*`` metrics, DEBUG logs) and never
+    returned."""
+    shadow_fraction: float = Field(1.0, ge=0, le=1, allow_inf_nan=False)
+    """Share of the requests the shadows score (by a hash of the user, so the same users are compared)."""
+
+    def check(self, labels: list[str]) -> None:
+        """ValueError naming a version this application does not serve, or a split with no weight."""
+        served = ", ".join(labels)
+        for where, named in (("split", list(self.split or {})), ("shadow", self.shadow)):
+            unknown = [label for label in named if label not in labels]
+            if unknown:
+                raise ValueError(f"routing.{where} names {', '.join(map(repr, unknown))}, which this application "
+                                 f"does not serve (args.model has: {served})")
+        if self.split is not None and sum(self.split.values()) <= 0:
+            raise ValueError("routing.split gives no version any weight: at least one must be above 0")
+
+
+class IngressConfig(ScorerConfig):
+    """The Ingress deployment's ``user_config``: ``routing``, and with ``scoring: in_ingress`` the scorer
+    settings of :class:`ScorerConfig` (with a Scorer deployment those belong in its own ``user_config``)."""
+
+    routing: RoutingConfig = RoutingConfig()
+    """Traffic split and shadows between the versions of ``args.model``."""
+
+    def scorer_settings(self) -> dict[str, object] | None:
+        """The :class:`ScorerConfig` fields this config sets; None when it sets none."""
+        chosen = self.model_fields_set - {"routing"}
+        return self.model_dump(exclude={"routing"}) if chosen else None
 
 
 def resolve_path(value: str, what: str) -> Path:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import Any, Callable
 
+import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,14 +28,16 @@ from ray.exceptions import RayActorError
 
 from dien.artifacts import load_artifact
 from dien.serve.auth import TokenAuth, load_tokens
-from dien.serve.config import RedisStoreConfig, ScorerConfig, ServeArgs, SnapshotStoreConfig, resolve_path
+from dien.serve.config import (IngressConfig, RedisStoreConfig, RoutingConfig, ScorerConfig, ServeArgs,
+                               SnapshotStoreConfig, resolve_path)
 from dien.serve.history import (BehaviorEvent, HistoryStore, HistoryStoreError, ReadOnlyStore, StoreUnavailable,
                                 UserHistoryStore)
 from dien.serve.redis_history import RedisHistoryStore
 from dien.serve.schemas import (ErrorResponse, EventsResponse, FieldError, ScoreResponse, describe,
                                 error_response_body, events_request_model, item_and_category_lists, metric_field,
                                 score_request_model)
-from dien.serve.scorer import BatchScorer
+from dien.serve.routing import Router, ShadowComparison
+from dien.serve.scorer import BatchScorer, exponential_bounds
 from dien.serve.scoring import ScoreJob, ScoreResult
 
 logger = logging.getLogger("ray.serve")
@@ -145,16 +148,22 @@ class DeclaredBodyLimit:
 class Ingress:
     """``POST /v1/score``, ``POST /v1/events``, ``GET /v1/model``, ``GET /healthz``; OpenAPI at ``/docs``."""
 
-    def __init__(self, scorer: DeploymentHandle | None, args: ServeArgs) -> None:
-        """``scorer``: the Scorer deployment's handle, or None to score in this process (``scoring: in_ingress``)."""
+    def __init__(self, scorers: dict[str, DeploymentHandle] | None, args: ServeArgs) -> None:
+        """``scorers``: each version label's Scorer deployment handle, or None to score in this process
+        (``scoring: in_ingress``)."""
         args = ServeArgs.model_validate(args)
-        if scorer is None:
-            self.in_process = BatchScorer(args.model, args.device, load_artifact, args.category_conflict)
-            self.in_process.reconfigure(ScorerConfig().model_dump())  # until a user_config arrives
-            self.scorer = InProcessScorer(self.in_process)
+        if scorers is None:
+            self.in_process = {label: BatchScorer(path, args.device, load_artifact, args.category_conflict, label)
+                               for label, path in args.versions().items()}
+            for scorer in self.in_process.values():
+                scorer.reconfigure(ScorerConfig().model_dump())  # until a user_config arrives
+            self.scorers = {label: InProcessScorer(scorer) for label, scorer in self.in_process.items()}
         else:
             self.in_process = None
-            self.scorer = RemoteScorer(scorer)
+            self.scorers = {label: RemoteScorer(handle) for label, handle in scorers.items()}
+        self.router = Router(RoutingConfig(), list(self.scorers))
+        self.comparisons: dict[str, ShadowComparison] = {}
+        self._shadow_tasks: set[asyncio.Task] = set()
         self.limits = args.limits
         self.auth = args.auth
         self.tokens = load_tokens(args.auth) if args.auth is not None else None
@@ -166,6 +175,17 @@ class Ingress:
             "dien_ingress_unknown_users", description="Requests whose user has no stored history.")
         self._events = metrics.Counter(
             "dien_ingress_events", description="Behavior events received, by outcome.", tag_keys=("outcome",))
+        self._routed = metrics.Counter(
+            "dien_ingress_routed", description="Score requests by the version label that answered them.",
+            tag_keys=("model_label",))
+        self._shadowed = metrics.Counter(
+            "dien_shadow_requests", description="Requests a shadow version scored too, by outcome (same_top: "
+                                                "it put the answered top candidate first).",
+            tag_keys=("model_label", "outcome"))
+        self._shadow_diff = metrics.Histogram(
+            "dien_shadow_abs_diff", description="Mean absolute difference of a shadow's click probabilities from "
+                                                "the answered ones, per request.",
+            boundaries=exponential_bounds(1e-6, 1.0), tag_keys=("model_label",))
         if isinstance(self.store, UserHistoryStore):
             logger.info("User-history store: %d users, %.1f MiB", len(self.store), self.store.nbytes / 2**20)
         elif self.store is not None:
@@ -175,12 +195,19 @@ class Ingress:
         return build_api(self)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Scorer settings (:class:`ScorerConfig`) for ``scoring: in_ingress``; with a Scorer deployment they
-        belong in its ``user_config``."""
-        if self.in_process is None:
-            raise ValueError("the Ingress takes a user_config only with scoring: in_ingress; put the scorer "
-                             "settings in the Scorer deployment's user_config")
-        self.in_process.reconfigure(user_config)
+        """:class:`IngressConfig`: the routing between versions, and the scorer settings with ``scoring:
+        in_ingress`` (with Scorer deployments they belong in their ``user_config``)."""
+        config = IngressConfig.model_validate(user_config)
+        scorer_settings = config.scorer_settings()
+        if scorer_settings is not None and self.in_process is None:
+            raise ValueError("the Ingress's user_config takes scorer settings only with scoring: in_ingress; put "
+                             f"{', '.join(sorted(config.model_fields_set - {'routing'}))} in the Scorer "
+                             "deployments' user_config")
+        router = Router(config.routing, list(self.scorers))
+        for scorer in (self.in_process or {}).values():
+            scorer.reconfigure(scorer_settings or ScorerConfig().model_dump())
+        self.router = router
+        logger.info("Ingress routing: %s", router.describe())
 
     async def history_of(self, user_id: str) -> tuple[list[str | None], list[str | None]]:
         """The stored history of ``user_id``, empty for an unknown user."""
@@ -201,14 +228,51 @@ class Ingress:
         candidate_items, candidate_cats = item_and_category_lists(body.candidates)
         job = ScoreJob(candidate_items=candidate_items, candidate_cats=candidate_cats, history_items=items,
                        history_cats=cats, request_id=current_request_id(), history_from_request=body.history is not None)
-        result: ScoreResult = await self.scorer.score(job)
+        router = self.router
+        label = self.named_version(body.version) if body.version is not None else router.route(body.user_id)
+        result: ScoreResult = await self.scorers[label].score(job)
         if result.errors:
             raise RequestValidationError([{"type": "scorer", "loc": ("body", e["field"]), "msg": e["message"],
                                            "input": None} for e in result.errors])
+        self._routed.inc(tags={"model_label": label})
+        if body.version is None:
+            for shadow in router.shadows(body.user_id, label):
+                task = asyncio.create_task(self.shadow_score(shadow, job, result))
+                self._shadow_tasks.add(task)  # the loop keeps only weak references to tasks
+                task.add_done_callback(self._shadow_tasks.discard)
         response.headers[BATCH_SIZE_HEADER] = str(result.batch_size)
         return ScoreResponse(scores=result.scores, model=result.model, history_length=result.history_length,
                              unknown_candidates=result.unknown_candidates,
                              corrected_categories=result.corrected_categories)
+
+    def named_version(self, label: str) -> str:
+        if label not in self.scorers:
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", "version"), "input": label,
+                                           "msg": f"unknown version {label!r}; this application serves "
+                                                  f"{', '.join(self.scorers)}"}])
+        return label
+
+    async def shadow_score(self, label: str, job: ScoreJob, answered: ScoreResult) -> None:
+        """Score ``job`` with the shadow version ``label`` and compare with the ``answered`` result; a failure
+        here is counted and logged, never seen by the client (its answer has gone)."""
+        comparison = self.comparisons.setdefault(label, ShadowComparison())
+        try:
+            shadow = await self.scorers[label].score(job)
+            if shadow.errors:
+                raise ValueError("; ".join(e["message"] for e in shadow.errors))
+        except Exception as error:  # noqa: BLE001 -- whatever the shadow did, the answered request stands
+            comparison.failed += 1
+            self._shadowed.inc(tags={"model_label": label, "outcome": "failed"})
+            logger.warning("shadow %s failed on request %s: %s: %s", label, job.request_id, type(error).__name__,
+                           error)
+            return
+        answered_label = answered.model.get("label", "")
+        mean_diff = comparison.add(answered_label, answered.scores, shadow.scores)
+        same_top = int(np.argmax(answered.scores)) == int(np.argmax(shadow.scores))
+        self._shadowed.inc(tags={"model_label": label, "outcome": "same_top" if same_top else "other_top"})
+        self._shadow_diff.observe(mean_diff, tags={"model_label": label})
+        logger.debug("shadow %s on request %s (answered by %s): mean |diff| %.6f, scores %s", label,
+                     job.request_id, answered_label, mean_diff, [round(x, 6) for x in shadow.scores])
 
     async def events(self, body: Any) -> EventsResponse:
         if self.store is None:
@@ -242,22 +306,34 @@ class Ingress:
         return JSONResponse(body, status_code=status)
 
     async def healthz(self) -> JSONResponse:
-        try:
-            model = await asyncio.wait_for(self._ask_ready(), HEALTH_TIMEOUT_S)
-        except Exception as error:  # noqa: BLE001 -- any failure to reach the scorer means unhealthy
-            return JSONResponse({"status": "unavailable", "error": f"scorer: {type(error).__name__}: {error}"},
-                                status_code=503)
+        """Healthy when every version the split sends requests to answers (a shadow's failure is its own
+        business: it is reported under ``models`` but answers no client) and the store answers."""
+        router = self.router
+        labels = list(dict.fromkeys([router.primary, *router.shares, *router.config.shadow]))
+        answers = await asyncio.gather(*(asyncio.wait_for(self.scorers[label].ready(), HEALTH_TIMEOUT_S)
+                                         for label in labels), return_exceptions=True)
+        models = {label: answer if not isinstance(answer, BaseException)
+                  else {"error": f"{type(answer).__name__}: {answer}"} for label, answer in zip(labels, answers)}
+        failed = [label for label in router.shares if "error" in models[label]]
+        if failed:
+            return JSONResponse({"status": "unavailable", "models": models,
+                                 "error": f"scorer of {failed[0]}: {models[failed[0]]['error']}"}, status_code=503)
         try:
             store = await self.store.health() if self.store is not None else {"store": None}
         except StoreUnavailable as error:
             return JSONResponse({"status": "unavailable", "error": str(error)}, status_code=503)
-        return JSONResponse({"status": "ok", "model": model, "history": store})
-
-    async def _ask_ready(self) -> dict[str, str]:
-        return await self.scorer.ready()
+        return JSONResponse({"status": "ok", "model": models[router.primary], "models": models, "history": store})
 
     async def model_info(self) -> dict[str, Any]:
-        return await self.scorer.model_info()
+        """The primary version's facts on top (what a single-model client reads), then every version's, the
+        routing and this replica's shadow comparisons."""
+        router = self.router
+        infos = await asyncio.gather(*(scorer.model_info() for scorer in self.scorers.values()),
+                                     return_exceptions=True)
+        versions = {label: info if not isinstance(info, BaseException) else {"error": f"{type(info).__name__}: {info}"}
+                    for label, info in zip(self.scorers, infos)}
+        return {**versions[router.primary], "versions": versions, "routing": router.describe(),
+                "shadow": {label: c.summary() for label, c in self.comparisons.items()}}
 
 
 def build_api(ingress: Ingress) -> FastAPI:

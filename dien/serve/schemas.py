@@ -72,6 +72,9 @@ def score_request_model(limits: RequestLimits) -> type[BaseModel]:
                               "Overrides the stored history; [] scores without history.")
         candidates: Candidates = Field(
             description="Items to score, in response order.")
+        version: Token | None = Field(
+            None, description="The served version (label) to score with; `GET /v1/model` lists them under "
+                              "`versions`. Left out: the configured traffic split picks one.")
 
     return ScoreRequest
 
@@ -119,7 +122,8 @@ def item_and_category_lists(behaviors: Any) -> tuple[list[str], list[str | None]
 
 class ModelRef(BaseModel):
     name: str
-    version: str
+    version: str = Field(description="The artifact's version (a prefix of its weights' SHA-256).")
+    label: str = Field(description="The version label it is served as (`args.model` of the Serve config).")
 
 
 class ScoreResponse(BaseModel):

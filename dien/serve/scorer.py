@@ -18,15 +18,22 @@ from ray.serve import metrics
 
 from dien.allocator import retain_freed_memory
 from dien.artifacts import ModelArtifact, load_artifact
-from dien.serve.config import ScorerConfig, resolve_path
+from dien.serve.config import DEFAULT_VERSION, ScorerConfig, resolve_path
 from dien.serve.scoring import BatchScores, HistoryEncodingCache, ModelVocabulary, ScoreJob, ScoreResult, score_jobs
 
 # Serve's logger: in a replica every line carries the deployment, the replica and (inside a request) its id.
 logger = logging.getLogger("ray.serve")
 
 SCORER = "Scorer"
-"""The deployment's name (the ``deployments:`` entry of the Serve configs)."""
+"""The deployment's name (the ``deployments:`` entry of the Serve configs) for the version ``default``."""
+
+
+def scorer_name(label: str) -> str:
+    """The Scorer deployment of version ``label``: ``Scorer`` for ``default``, else ``Scorer-<label>``."""
+    return SCORER if label == DEFAULT_VERSION else f"{SCORER}-{label}"
 _DEFAULTS = ScorerConfig()
+TAGS = ("model_version", "model_label")
+"""The tags of every scorer metric: the artifact's version and the label it is served as."""
 
 
 def pick_device(requested: str) -> torch.device:
@@ -40,7 +47,7 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cuda" if has_gpu else "cpu")
 
 
-def _exponential(start: float, stop: float) -> list[float]:
+def exponential_bounds(start: float, stop: float) -> list[float]:
     bounds = [start]
     while bounds[-1] * 2 <= stop:
         bounds.append(bounds[-1] * 2)
@@ -52,11 +59,11 @@ class BatchScorer:
     its checksums, warms the model up, then scores batches of :class:`ScoreJob`.
 
     category_conflict: what a sent category that contradicts the model's item table gets
-    (:data:`dien.serve.scoring.CATEGORY_CONFLICTS`).
+    (:data:`dien.serve.scoring.CATEGORY_CONFLICTS`); label: the version label this artifact is served as.
     """
 
     def __init__(self, model: str, device: str = "auto", loader: Callable[..., ModelArtifact] = load_artifact,
-                 category_conflict: str = "ignore") -> None:
+                 category_conflict: str = "ignore", label: str = DEFAULT_VERSION) -> None:
         # Each batch allocates tens of MB; glibc would unmap them on free and fault them in again next batch.
         retain_freed_memory()
         self.device = pick_device(device)
@@ -64,27 +71,29 @@ class BatchScorer:
         self.vocabulary = ModelVocabulary(self.artifact.items, self.artifact.categories,
                                           self.artifact.item_categories)
         self.category_conflict = category_conflict
-        self.model_ref = {"name": self.artifact.name, "version": str(self.artifact.manifest["version"])}
+        self.model_ref = {"name": self.artifact.name, "version": str(self.artifact.manifest["version"]),
+                          "label": label}
         self.config = _DEFAULTS
         self.cache: HistoryEncodingCache | None = None
         self._batch_requests = metrics.Histogram(
             "dien_scorer_batch_requests", description="Requests per scored batch.",
-            boundaries=_exponential(1, 1024), tag_keys=("model_version",))
+            boundaries=exponential_bounds(1, 1024), tag_keys=TAGS)
         self._batch_candidates = metrics.Histogram(
             "dien_scorer_batch_candidates", description="Candidates per scored batch.",
-            boundaries=_exponential(1, 1 << 20), tag_keys=("model_version",))
+            boundaries=exponential_bounds(1, 1 << 20), tag_keys=TAGS)
         self._batch_latency = metrics.Histogram(
             "dien_scorer_batch_latency_ms", description="Time to score one batch (encode, model, split), in ms.",
-            boundaries=_exponential(0.5, 20_000), tag_keys=("model_version",))
+            boundaries=exponential_bounds(0.5, 20_000), tag_keys=TAGS)
         self._candidates_scored = metrics.Counter(
-            "dien_scorer_candidates_scored", description="Candidates scored.", tag_keys=("model_version",))
+            "dien_scorer_candidates_scored", description="Candidates scored.", tag_keys=TAGS)
         for metric in (self._batch_requests, self._batch_candidates, self._batch_latency, self._candidates_scored):
-            metric.set_default_tags({"model_version": self.model_ref["version"]})  # Serve adds to the dict
+            # Serve adds its own tags (deployment, replica) to the dict.
+            metric.set_default_tags({"model_version": self.model_ref["version"], "model_label": label})
         # The first call allocates and (on GPU) compiles kernels: pay for it before the replica is ready.
         max_len = self.artifact.max_len
         self._score_now([ScoreJob(["warm-up"], ["warm-up"], ["warm-up"] * max_len, ["warm-up"] * max_len)])
-        logger.info("Scorer ready: model %s version %s from %s on %s (item table: %s)", self.model_ref["name"],
-                    self.model_ref["version"], self.artifact.path, self.device,
+        logger.info("Scorer ready: model %s version %s as %r from %s on %s (item table: %s)",
+                    self.model_ref["name"], self.model_ref["version"], label, self.artifact.path, self.device,
                     "none" if self.artifact.item_categories is None else f"{len(self.artifact.item_categories)} items")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
