@@ -2,7 +2,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup cpu-extension test demo compare benchmark-qps benchmark-quality gpu-check cluster-up cluster-down clean
+.PHONY: setup cpu-extension test demo compare benchmark-qps benchmark-quality daily-loop gpu-check cluster-up cluster-down clean
 
 # Re-installs only when the package definition changes; redis-server (the Redis history store's tests) from
 # Debian's packages when missing and installable.
@@ -42,6 +42,11 @@ compare: setup
 # QPS_ARGS=--quick for a short run, QPS_ARGS="--url http://127.0.0.1:8000" for a running deployment.
 benchmark-qps: setup
 	$(PYTHON) jobs/benchmark_qps.py $(QPS_ARGS)
+
+# The daily loop on MovieLens (read in place from ../shared): warm start on each new time window against full
+# retraining on everything so far, both tested on the next window; DAILY_ARGS="--seeds 0,1,2 --windows 5".
+daily-loop: setup
+	$(PYTHON) jobs/daily_loop.py --ratings $(ML_DATA)/ratings.csv --movies $(ML_DATA)/movies.csv $(DAILY_ARGS)
 
 # Our DIEN, DIN and BaseModel against DeepCTR-Torch's DIEN and DIN on MovieLens (read in place from ../shared),
 # 3 seeds; QUALITY_ARGS="--budget best" trains every model to its best validation epoch.

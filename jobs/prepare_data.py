@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_source_options(parser, data_seed_help="generator seed (default: --seed)")
     parser.add_argument("--out", required=True, help="dataset directory to write")
 
-    add_options(parser.add_argument_group("samples"), SampleConfig)
+    add_options(parser.add_argument_group("samples"), SampleConfig, exclude=("targets_since",))
     add_options(parser.add_argument_group("preparation"), PrepareConfig, exclude=("out", "source", "samples"))
 
     cluster = parser.add_argument_group("cluster")

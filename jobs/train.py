@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from dien.artifacts import ArtifactError, verify_artifact
 from dien.model import MODELS
@@ -48,7 +47,8 @@ def main() -> int:
         init_from=args.init_from,
     )
     try:
-        parent = verify_artifact(args.init_from) if args.init_from else None
+        if args.init_from:
+            verify_artifact(args.init_from)  # a missing or altered parent fails here, before any worker starts
         result = run_training(job)
     except (FileNotFoundError, ValueError, ArtifactError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -58,9 +58,7 @@ def main() -> int:
         return 1
     print(format_summary(result.metrics))
     if args.out:
-        lineage = {"parent": {"name": parent["model"]["name"], "version": parent["version"],
-                              "path": str(Path(args.init_from).resolve())}} if parent else None
-        print(f"artifact: {export_artifact(job, result, args.out, extra=lineage)}")
+        print(f"artifact: {export_artifact(job, result, args.out)}")
     return 0
 
 

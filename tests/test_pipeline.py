@@ -403,6 +403,30 @@ def test_a_vocabulary_extension_never_moves_an_old_id():
     assert list(ids) == list(old.item.encode(pa.array(["a", "b", "c"])))
 
 
+def test_a_window_may_keep_the_behaviors_before_it_as_history(ray_session, tmp_path):
+    rows = event_rows(n_users=8, per_user=6)
+    write_events(tmp_path / "e.csv", rows, "csv")
+    source = SourceConfig(kind="events", inputs=(str(tmp_path / "e.csv"),), columns=COLUMNS)
+    boundary = 1_600_003_003  # u0..u2 wholly before it, u3 half (k = 0..2 before, 3..5 inside), u4..u7 inside
+    samples = SampleConfig(protocol="sliding", max_len=10)
+    alone = run(tmp_path, "alone", source=source, since=str(boundary), samples=samples)
+    context = run(tmp_path, "context", source=source, since=str(boundary), samples=samples, history_before_since=True)
+    assert context.manifest["window"] == {"since": boundary, "until": None, "events": 48, "history_before_since": True}
+
+    def targets(dataset: DatasetDir) -> pa.Table:
+        table = pa.concat_tables(dataset.read_split(split) for split in SPLITS)
+        return table.filter(pc.equal(table.column("label"), 1))
+
+    inside, cut = targets(context), targets(alone)
+    assert pc.min(inside.column("timestamp")).as_py() >= boundary
+    assert inside.num_rows == 3 + 4 * 5 and cut.num_rows == 2 + 4 * 5  # u3's first target inside now has a past
+    u3 = int(context.vocabularies().user.encode(pa.array(["u3"]))[0])
+    first = inside.filter(pc.equal(inside.column("user"), u3)).sort_by("timestamp").slice(0, 1).to_pylist()[0]
+    assert len(first["hist_item"]) == 3  # its three behaviors before the window
+    latest = context.user_history()
+    assert "u0" in latest.column("user_id").to_pylist()  # the served histories reach back too
+
+
 def test_a_window_of_a_log_extends_its_reference_datasets_vocabularies(ray_session, tmp_path):
     rows = event_rows(n_users=8, per_user=6)
     write_events(tmp_path / "e.csv", rows, "csv")

@@ -31,7 +31,7 @@ from dien.bench import peers
 from dien.bench.runs import Agreement, ModelRuns, Ordering, format_table, summaries
 from dien.data.dataset_dir import DatasetDir
 from dien.model import MODELS, ModelConfig, build_model
-from dien.train.distributed import ClusterConfig, TrainJob, run_training
+from dien.train.distributed import ClusterConfig, TrainJob, epoch_points, run_training
 from dien.train.loop import TrainConfig, fit_and_test
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _run_ours(config: QualityConfig, dataset: DatasetDir, name: str, seed: int) 
     result = run_training(job)
     if result.error:
         raise RuntimeError(f"{name} seed {seed} failed: {result.error}")
-    epochs = [row for row in result.metrics_dataframe.to_dict("records") if "test_auc" in row or "valid_auc" in row]
+    epochs = epoch_points(job, result)
     metrics = result.metrics
     return {**{key: metrics[f"test_{key}"] for key in ("auc", "auc_se", "gauc", "logloss")},
             "valid_auc": metrics["valid_auc"],

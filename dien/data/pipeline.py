@@ -19,7 +19,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -78,6 +78,10 @@ class PrepareConfig:
     unless it names a zone), e.g. 2018-09-01."""
     until: str | None = None
     """Use only events before this time (the same forms): with ``since``, one window of a log."""
+    history_before_since: bool = False
+    """With ``since``: the behaviors before it stay in the histories of the window's samples and in the user
+    histories (only behaviors inside the window become targets), as serving sees them; False: the window is
+    cut out alone, its first behaviors without a past."""
     reference: str | None = None
     """A prepared dataset whose vocabularies this one extends: its tokens keep their ids and new tokens get
     the ids after them (most frequent first), so a model trained on it can warm-start on this one."""
@@ -144,7 +148,8 @@ class PrepareSummary:
     uncategorized: dict[str, int] = field(default_factory=dict)
     """``events`` and distinct ``items`` without a category: those an item table does not list."""
     events_in_window: int | None = None
-    """Kept events inside ``since``/``until`` (what the samples are built from); None without a window."""
+    """Kept events inside ``since``/``until`` (with ``history_before_since``: all kept before ``until``, what the
+    samples and histories are built from); None without a window."""
 
     @property
     def events_rejected(self) -> int:
@@ -346,8 +351,11 @@ def _prepare(config: PrepareConfig) -> PrepareSummary:
     partitions = _partitions(config, kept)
     events = read_parquet_files(sorted(str(p) for p in (staging / "events").glob("*.parquet")))
     since, until = config.window()
-    if since is not None or until is not None:
-        events = events.map_batches(_in_window, batch_format="pyarrow", fn_kwargs={"since": since, "until": until})
+    first_event = None if config.history_before_since else since
+    if first_event is not None or until is not None:
+        events = events.map_batches(_in_window, batch_format="pyarrow",
+                                    fn_kwargs={"since": first_event, "until": until})
+    sample_config = replace(config.samples, targets_since=since) if config.history_before_since else config.samples
     logger.info("pass 2/3: counting users, items and categories (%d partitions)", partitions)
     counted = _count_pass(events, partitions, config.min_count)
     if counted is None:
@@ -375,7 +383,7 @@ def _prepare(config: PrepareConfig) -> PrepareSummary:
                            fn_kwargs={"vocabularies": vocab_ref, "groups": groups})
         .groupby("group", num_partitions=partitions)
         .map_groups(_build_group, batch_format="pyarrow",
-                    fn_kwargs={"vocabularies": vocab_ref, "config": config.samples})
+                    fn_kwargs={"vocabularies": vocab_ref, "config": sample_config})
     )
     sample_sink = _RoutedParquetSink(
         out, "split",
@@ -435,7 +443,8 @@ def _write_manifest(out: Path, config: PrepareConfig, summary: PrepareSummary, s
     }
     if summary.events_in_window is not None:
         since, until = config.window()
-        manifest["window"] = {"since": since, "until": until, "events": summary.events_in_window}
+        manifest["window"] = {"since": since, "until": until, "events": summary.events_in_window,
+                              **({"history_before_since": True} if config.history_before_since else {})}
     if config.reference is not None:
         reference = load_manifest(config.reference)
         manifest["reference"] = {"path": str(Path(config.reference).resolve()), "created": reference.get("created"),

@@ -60,6 +60,10 @@ class SampleConfig:
     MovieLens-small, about +-0.015 AUC)."""
     seed: int = 0
     """Seed of the negative sampling and of the paper protocol's user split."""
+    targets_since: int | None = None
+    """Only behaviors at or after this time (seconds since the epoch) become targets; earlier ones are history
+    only. None: every behavior may be a target. (Set by the prepare job from ``since`` with
+    ``history_before_since``.)"""
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -169,7 +173,8 @@ def build_samples(
             split = _paper_split(rng, config)
         else:
             candidates = range(len(u_item))
-        targets = [t for t in candidates if history_ends[t] >= config.min_history]
+        targets = [t for t in candidates if history_ends[t] >= config.min_history
+                   and (config.targets_since is None or u_ts[t] >= config.targets_since)]
         for position, target in enumerate(targets):
             end = history_ends[target]
             begin = max(0, end - config.max_len)

@@ -449,16 +449,31 @@ def run_training(job: TrainJob):
     return trainer.fit()
 
 
-def export_artifact(job: TrainJob, result, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the model of ``result``'s latest checkpoint as a verified artifact (``dien.artifacts``)."""
-    from dien.artifacts import save_artifact
-
+def _final_state(job: TrainJob, result) -> dict[str, Any]:
     if result.checkpoint is None:
-        raise RuntimeError(f"run {job.cluster.run_name!r} produced no checkpoint to export")
+        raise RuntimeError(f"run {job.cluster.run_name!r} produced no checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def epoch_points(job: TrainJob, result) -> list[dict[str, float]]:
+    """Every epoch's reported metrics (``epoch_seconds``, ``samples_per_second``, validation ...), from the run's
+    training curve. (``result.metrics_dataframe`` holds only the kept checkpoints' reports.)"""
+    return [point for point in _final_state(job, result).get("curve", []) if "epoch_seconds" in point]
+
+
+def export_artifact(job: TrainJob, result, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the model of ``result``'s latest checkpoint as a verified artifact (``dien.artifacts``); a warm
+    start's artifact names its parent (name, version, path) in ``extra``."""
+    from dien.artifacts import save_artifact, verify_artifact
+
+    if job.init_from is not None:
+        parent = verify_artifact(job.init_from)
+        extra = {"parent": {"name": parent["model"]["name"], "version": parent["version"],
+                            "path": str(Path(job.init_from).resolve())}, **(extra or {})}
     dataset = DatasetDir(job.data)
     model = job.build(dataset)
-    with result.checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    state = _final_state(job, result)
     model.load_state_dict(state["model"])
     curve = state.get("curve")
     exported, name, config = job.exported(model, dataset)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -35,16 +35,17 @@ def _translate(batch: Batch, items: torch.Tensor | None, cats: torch.Tensor | No
     return batch
 
 
-def evaluate_artifact(artifact: ModelArtifact, dataset: DatasetDir, split: str = "test",
+def evaluate_artifact(artifact: ModelArtifact, dataset: DatasetDir, split: str | Sequence[str] = "test",
                       batch_size: int = 1024) -> dict[str, float]:
-    """AUC, GAUC and logloss of ``artifact`` on a whole split; ids are mapped through the artifact's own
-    vocabularies when the dataset was encoded with different ones."""
+    """AUC, GAUC and logloss of ``artifact`` on a whole split (or several together); ids are mapped through the
+    artifact's own vocabularies when the dataset was encoded with different ones."""
+    splits = [split] if isinstance(split, str) else list(split)
     vocabularies = dataset.vocabularies()
     items = id_translation(vocabularies.item, artifact.items)
     cats = id_translation(vocabularies.category, artifact.categories)
 
     def batches() -> Iterator[Batch]:
-        for file in dataset.split_files(split):
+        for file in (file for name in splits for file in dataset.split_files(name)):
             for rows in pq.ParquetFile(file).iter_batches(batch_size=batch_size):
                 yield _translate(collate(pa.Table.from_batches([rows])), items, cats)
 
