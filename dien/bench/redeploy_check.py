@@ -192,15 +192,17 @@ def rollout_steps(config: dict[str, Any], model: str, label: str, version: str,
 def run_rollout(url: str, steps: list[RolloutStep], deploy: Callable[[dict[str, Any]], None], probe: "LoadProbe",
                 grace_s: float, timeout_s: float) -> list[dict[str, Any]]:
     """Deploy each step under ``probe``'s load, wait until it shows and ``grace_s`` more; what each step's
-    requests got and how long it took to show."""
+    requests got, how long it took to show, and the shadow comparisons ``GET /v1/model`` then reports (of the
+    ingress replica that answered it; they accumulate over the steps)."""
     phases = []
     for step in steps:
         before = probe.report.snapshot()
         deploy(step.config)
         shown_after = wait_for_model(url, step.shows, f"the {step.name} step", timeout_s)
         time.sleep(grace_s)
+        shadows = requests.get(url.rstrip("/") + "/v1/model", timeout=5).json().get("shadow")
         phases.append({"step": step.name, "shown_after_s": round(shown_after, 1),
-                       **probe.report.since(before).summary()})
+                       **probe.report.since(before).summary(), "shadow_comparisons": shadows})
     return phases
 
 
