@@ -42,6 +42,9 @@ fi
 "$RAY" get-auth-token --generate >/dev/null
 export RAY_AUTH_MODE=token
 export PATH="$VENV/bin:$PATH"
+# Serve's proxies run the request guard (dien/serve/proxy_guard.py: body deadline, header and concurrency limits;
+# DIEN_PROXY_* variables set them).
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=dien.serve.proxy_guard:proxy_middlewares
 
 mkdir -p "$STATE_DIR"
 "$RAY" start --head \

@@ -1,5 +1,6 @@
 """Shared fixtures: one Ray per test session, small synthetic datasets (in-process and prepared on disk)."""
 import logging
+import os
 
 import pytest
 import ray
@@ -11,10 +12,14 @@ from dien.data.pipeline import PrepareConfig, prepare
 from dien.data.readers import SourceConfig
 from dien.data.samples import SampleConfig
 from dien.data.synthetic import SyntheticConfig, generate
+from dien.serve.proxy_guard import PROXY_ENVIRONMENT
 from servers import redis_server_in
 
 SMALL_WORLD = SyntheticConfig(n_users=800, n_items=200, n_categories=20, min_events=5, max_events=30,
                               drift=0.3, successors=2, noise=0.05, block_size=250, seed=3)
+
+
+PROXY_BODY_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,9 +29,12 @@ def _torch_threads():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One Ray for the whole session, with more logical CPUs than cores so Data's stages never starve."""
+    """One Ray for the whole session, with more logical CPUs than cores so Data's stages never starve; Serve's
+    proxies run the request guard, as on the clusters this project starts (a short body deadline, so that the
+    held-connection test is quick)."""
     started = not ray.is_initialized()
     if started:
+        os.environ.update(PROXY_ENVIRONMENT, DIEN_PROXY_BODY_TIMEOUT_S=str(PROXY_BODY_TIMEOUT_S))
         ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield

@@ -11,6 +11,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from dien.cluster import GCS_ADDRESS_ENV, cluster_address
 from dien.serve.config import ServeArgs
+from dien.serve.proxy_guard import PROXY_ENVIRONMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 PLATFORM = ROOT / "platform"
@@ -122,6 +123,13 @@ def test_dockerfile_builds_python_311_with_the_package():
     assert re.search(r"^FROM python:3\.11", text, re.MULTILINE)
     assert "pip install -e ." in text
     assert "WORKDIR /app" in text
+
+
+@pytest.mark.parametrize("path", ["image/Dockerfile", "cluster-up.sh"])
+def test_every_cluster_this_project_starts_runs_the_proxy_guard(path):
+    # The Dockerfile's environment is the KubeRay pods' and the cluster launcher's nodes'.
+    (name, value), = PROXY_ENVIRONMENT.items()
+    assert re.search(rf"\b{name}={re.escape(value)}\b", (PLATFORM / path).read_text())
 
 
 @pytest.mark.parametrize("script", ["cluster-up.sh", "cluster-down.sh"])

@@ -9,6 +9,7 @@ applies it (declaratively, so a ``user_config`` change reaches running replicas)
 import importlib
 import json
 import math
+import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +49,7 @@ from dien.serve.schemas import MAX_LISTED_ERRORS, metric_field
 from dien.serve.scorer import SCORER, scorer_name
 from dien.serve.scoring import HistoryEncodingCache, ModelVocabulary, ScoreJob, score_jobs
 from dien.train.evaluate import id_translation
+from conftest import PROXY_BODY_TIMEOUT_S
 from servers import free_port
 
 SERVE_CONFIGS = Path(__file__).resolve().parents[1] / "serve_configs"
@@ -168,7 +170,7 @@ class Server:
     def post(self, body: Any = None, **kwargs: Any) -> requests.Response:
         if body is not None:
             kwargs["json"] = body
-        return requests.post(f"{self.url}/v1/score", timeout=60, **kwargs)
+        return requests.post(f"{self.url}/v1/score", **{"timeout": 60, **kwargs})
 
     def get(self, path: str) -> requests.Response:
         return requests.get(f"{self.url}{path}", timeout=60)
@@ -423,6 +425,37 @@ def test_scores_equal_the_offline_model(server, offline, catalog):
     response = server.post(body)
     assert_scored(response, body, offline["a"])
     assert response.headers["X-Request-ID"]
+
+
+def test_held_connections_take_no_slot_of_the_api(server, offline, catalog):
+    """More clients than the ingress has request slots (256) send headers and a few body bytes, then wait: a valid
+    request is still answered at once (the proxy's guard holds them, not the ingress), and each held one gets a 408
+    at the guard's body deadline."""
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n"
+            b"x-request-timeout-seconds: 0\r\n\r\n{\"use")
+    held = []
+    for k in range(300):  # from three addresses, under the guard's per-client limit
+        held.append(socket.create_connection((host, int(port)), timeout=30, source_address=(f"127.0.0.{2 + k % 3}", 0)))
+        held[-1].sendall(head)
+    began = time.monotonic()
+    body = {"user_id": list(offline["a"].stored)[3], "candidates": catalog[:5]}
+    assert_scored(server.post(body, timeout=10), body, offline["a"])
+    assert time.monotonic() - began < PROXY_BODY_TIMEOUT_S
+    answers = []
+    for connection in held:
+        with connection:
+            answers.append(connection.recv(4096).split(b"\r\n", 1)[0])
+    assert answers == [b"HTTP/1.1 408 Request Timeout"] * len(held)
+    assert time.monotonic() - began < PROXY_BODY_TIMEOUT_S + 10
+
+
+def test_the_proxy_bounds_what_a_client_sends_and_gets_echoed(server, offline, catalog):
+    body = {"user_id": list(offline["a"].stored)[3], "candidates": catalog[:2]}
+    huge = server.post(body, headers={"X-Padding": "p" * 65_536})
+    assert huge.status_code == 431 and huge.json()["detail"][0]["field"] == "headers"
+    answered = server.post(body, headers={"X-Request-ID": "r" * 8192 + "\u00e9<>"})
+    assert answered.status_code == 200 and answered.headers["X-Request-ID"] == "r" * 64
 
 
 def test_batch_scoring_equals_the_servers_scores(server, offline, artifacts, prepared_dataset, catalog, tmp_path):

@@ -29,6 +29,7 @@ from dien.bench.deploy import LocalServe, Variant, load_config, variant_app
 from dien.bench.redeploy_check import LoadProbe
 from dien.bench.redis_process import free_port
 from dien.bench.workload import score_bodies
+from dien.serve.proxy_guard import PROXY_ENVIRONMENT
 from dien.serve.scorer import SCORER
 
 THROUGHPUT_OPTIMIZED_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.throughput_optimized:
         os.environ.update(THROUGHPUT_OPTIMIZED_ENV)  # read by the Ray processes started below
+    os.environ.update(PROXY_ENVIRONMENT)
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.ERROR)
     try:
         result = crash_under_load(str(Path(args.model).resolve()), str(Path(args.data).resolve()),

@@ -30,6 +30,7 @@ from dien.bench.workload import Workload, event_bodies, score_bodies
 from dien.cluster import default_local_cpus
 from dien.serve.config import RedisStoreConfig
 from dien.serve.history_load import LoadConfig, LoadSummary, load_histories
+from dien.serve.proxy_guard import PROXY_ENVIRONMENT
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def run(config: HistoryBenchConfig) -> HistoryBenchReport:
     with tempfile.TemporaryDirectory(prefix="dien-redis-") as scratch:
         redis_process = None if config.redis else RedisProcess(Path(scratch))
         redis_url = config.redis or redis_process.url
+        os.environ.update(PROXY_ENVIRONMENT)  # Serve's proxy as it is shipped, with the request guard
         ray.init(address="local", num_cpus=default_local_cpus(), include_dashboard=False,
                  logging_level=logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = False

@@ -55,6 +55,7 @@ from dien.bench.redis_process import free_port
 from dien.bench.request_path import offline_candidates_per_s, request_path_breakdown
 from dien.bench.workload import Workload, score_bodies
 from dien.cluster import default_local_cpus
+from dien.serve.proxy_guard import PROXY_ENVIRONMENT
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +276,7 @@ def run_local(config: QpsConfig) -> QpsReport:
                                                                          config.inputs.teacher)], "."))
     own_ray = not ray.is_initialized()
     if own_ray:
+        os.environ.update(PROXY_ENVIRONMENT)  # measured as it is shipped: the proxy's request guard on
         if config.throughput_optimized:
             os.environ.update(THROUGHPUT_OPTIMIZED_ENV)  # inherited by every Ray process started below
             if config.haproxy and haproxy_available():
