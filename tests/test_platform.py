@@ -1,7 +1,11 @@
 """platform/: every manifest parses, the RayService serves serve_configs/local.yaml's applications, the cluster
 launcher config has CPU and GPU workers and passes Ray's own validation, and the scripts are sound."""
+import os
 import re
+import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,8 +14,10 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from dien.cluster import GCS_ADDRESS_ENV, cluster_address
+from dien.local_cluster import PORT_ROLES, ClusterState, listeners, members
 from dien.serve.config import ServeArgs
 from dien.serve.proxy_guard import PROXY_ENVIRONMENT
+from servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PLATFORM = ROOT / "platform"
@@ -149,3 +155,48 @@ def test_a_dashboard_url_in_ray_address_joins_the_cluster_through_its_gcs(monkey
     assert cluster_address("http://10.0.0.5:8265") == "10.0.0.5:6379"
     env = (PLATFORM / "cluster-up.sh").read_text()
     assert "export RAY_GCS_ADDRESS=127.0.0.1:$RAY_PORT" in env
+
+
+def cluster_env(ports: dict[str, int], state_dir: Path, temp_dir: str) -> dict[str, str]:
+    return {**os.environ, **{name: str(port) for name, port in ports.items()}, "NUM_CPUS": "1",
+            "STATE_DIR": str(state_dir), "RAY_TEMP_DIR": temp_dir, "VENV": str(Path(sys.executable).parents[1])}
+
+
+def test_cluster_up_listens_on_the_loopback_only_and_cluster_down_leaves_no_process(tmp_path):
+    ports = {name: free_port() for name in PORT_ROLES}
+    # Short: Ray's socket paths under the temp dir must stay within the 107 characters of a Unix socket path.
+    temp_dir = tempfile.mkdtemp(prefix="ray-t", dir="/tmp")
+    env = cluster_env(ports, tmp_path / "cluster", temp_dir)
+    state_file = tmp_path / "cluster" / "state.json"
+    up = subprocess.run(["bash", str(PLATFORM / "cluster-up.sh")], env=env, capture_output=True, text=True,
+                        timeout=180)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = ClusterState.load(state_file)
+        cluster = members(state)
+        commands = " ".join(p.command for p in cluster.values())
+        assert {"gcs_server", "raylet", "dashboard.py"} <= {p.name for p in cluster.values()}
+        assert "ray.util.client.server" in commands  # the one `ray start` leaves without the temp dir's name
+        sockets = listeners(cluster)
+        assert all(s.loopback for s in sockets), [s for s in sockets if not s.loopback]
+        ray_ports = {ports[p] for p in ("RAY_PORT", "DASHBOARD_PORT", "AGENT_PORT", "CLIENT_PORT")}
+        assert ray_ports <= {s.port for s in sockets}
+        assert f"{len(sockets)} listening sockets, every one on the loopback" in up.stdout
+        assert f"export DIEN_SERVE_PORT={ports['SERVE_PORT']}" in (tmp_path / "cluster" / "env").read_text()
+        again = subprocess.run(["bash", str(PLATFORM / "cluster-up.sh")], env=env, capture_output=True, text=True,
+                               timeout=60)
+        assert again.returncode == 2 and "is running; 'make cluster-down' first" in again.stderr
+        beside = cluster_env({**ports, "RAY_PORT": free_port()}, tmp_path / "other", temp_dir + "-b")
+        taken = subprocess.run(["bash", str(PLATFORM / "cluster-up.sh")], env=beside, capture_output=True,
+                               text=True, timeout=60)
+        assert taken.returncode == 2
+        assert f"port {ports['DASHBOARD_PORT']} (DASHBOARD_PORT: the dashboard) is taken" in taken.stderr
+    finally:
+        down = subprocess.run(["bash", str(PLATFORM / "cluster-down.sh")], env=env, capture_output=True, text=True,
+                              timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert down.returncode == 0 and "none left" in down.stdout, down.stdout + down.stderr
+    assert not members(state) and not state_file.exists()
+    again = subprocess.run(["bash", str(PLATFORM / "cluster-down.sh")], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert "no cluster of platform/cluster-up.sh is running from here" in again.stdout

@@ -38,6 +38,8 @@ from dien.model import ModelConfig, build_model
 from dien.serve import RequestLimits, ScorerConfig, ServeArgs
 from dien.serve.batch_scoring import BatchScoringConfig, score_requests
 from dien.serve.auth import load_tokens
+from dien.serve.deploy import (SERVE_PORT_ENV, DeployError, check_http_port, http_port, serving_problem,
+                               with_http_port)
 from dien.serve.config import AuthConfig, IngressConfig, RedisStoreConfig, RoutingConfig, resolve_path
 from dien.serve.history import UserHistoryStore
 from dien.serve.routing import Router
@@ -456,6 +458,39 @@ def test_the_proxy_bounds_what_a_client_sends_and_gets_echoed(server, offline, c
     assert huge.status_code == 431 and huge.json()["detail"][0]["field"] == "headers"
     answered = server.post(body, headers={"X-Request-ID": "r" * 8192 + "\u00e9<>"})
     assert answered.status_code == 200 and answered.headers["X-Request-ID"] == "r" * 64
+
+
+def test_a_deploy_names_a_port_it_cannot_serve(monkeypatch):
+    config = {"http_options": {"host": "127.0.0.1", "port": 8100}, "applications": [{"name": APP}]}
+    serving = {"http_options": {"port": 8000}, "proxies": {"n1": {"status": "HEALTHY"}}, "applications": {}}
+    with pytest.raises(DeployError, match="Serve already listens on port 8000.*--port 8000"):
+        check_http_port(config, serving, "http://127.0.0.1:8265")
+    check_http_port(with_http_port(config, 8000), serving, "http://127.0.0.1:8265")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = with_http_port(config, holder.getsockname()[1])
+        with pytest.raises(DeployError, match=f"port {holder.getsockname()[1]} is taken on this machine"):
+            check_http_port(taken, {}, "http://127.0.0.1:8265")
+        check_http_port(taken, {}, "http://10.0.0.5:8265")  # another machine's ports are not looked at here
+    monkeypatch.setenv(SERVE_PORT_ENV, "8200")
+    assert http_port(with_http_port(config)) == 8200 and http_port(with_http_port(config, 8300)) == 8300
+
+
+def test_a_deploy_is_done_when_the_application_answers_its_healthz(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [{"name": APP}]}
+    running = {"proxies": {"n1": {"status": "HEALTHY"}}, "applications": {APP: {"status": "RUNNING"}}}
+    assert serving_problem(config, running, "http://127.0.0.1:8265", {}) is None
+    elsewhere = with_http_port(config, free_port())
+    assert "/healthz: ConnectionError" in serving_problem(elsewhere, running, "http://127.0.0.1:8265", {})
+    failed = {"applications": {APP: {"status": "DEPLOY_FAILED", "message": "model artifact not found: /x"}}}
+    with pytest.raises(DeployError, match="could not deploy 'dien-test': model artifact not found: /x"):
+        serving_problem(config, failed, "http://127.0.0.1:8265", {})
+    unhealthy = {**running, "proxies": {"n1": {"status": "UNHEALTHY", "node_ip": "127.0.0.1"}}}
+    assert serving_problem(config, unhealthy, "http://127.0.0.1:8265", {}) == "proxy on 127.0.0.1 UNHEALTHY"
+    with pytest.raises(DeployError, match=f"UNHEALTHY for .* cannot serve port {port}"):
+        serving_problem(config, unhealthy, "http://127.0.0.1:8265", {"n1": time.monotonic() - 60})
 
 
 def test_batch_scoring_equals_the_servers_scores(server, offline, artifacts, prepared_dataset, catalog, tmp_path):

@@ -1,15 +1,19 @@
 """The whole platform on a local cluster, the way its users run it (``jobs/demo.py``, ``make demo``):
 
     cluster-up (token auth) -> jobs on the cluster: prepare data -> train the teacher (hidden 108)
-    -> distil the student (hidden 32) -> evaluate both -> serve deploy -> a few scoring requests
+    -> distil the student (hidden 32) -> evaluate both -> deploy -> a few scoring requests
     -> a QPS run -> cluster-down, then a summary (AUCs, requests/s, p99).
+
+The demo's cluster is its own (state and temp dir apart from ``make cluster-up``'s), on Ray's usual ports where
+they are free and on free ones where they are taken (each change printed), so it runs beside other clusters.
 
 Each job goes to the cluster through Ray's job submission client (what ``ray job submit`` uses; the equivalent
 command is printed), with the virtualenv's interpreter and absolute paths, as README's "Training on Ray"
 describes; what a step reports comes from the files it writes (the dataset manifest, the artifacts' manifests,
-evaluate.json, the QPS results), never from its log text. The student is deployed with ``serve deploy`` and is
-up when Serve's REST status API says its application is RUNNING. The cluster is stopped whatever happens.
-Outputs go to ``Demo.out``: data/, artifacts/, logs/ (each step's full output), evaluate.json, qps/, serve.yaml.
+evaluate.json, the QPS results), never from its log text. The student is deployed as ``jobs/deploy.py`` deploys
+(``dien.serve.deploy``: up when its application is RUNNING, the proxy HEALTHY and its /healthz answers on the
+demo's port). The cluster is stopped whatever happens. Outputs go to ``Demo.out``: data/, artifacts/, logs/ (each
+step's full output), evaluate.json, qps/, serve.yaml, cluster/ (the cluster's state and client environment).
 """
 from __future__ import annotations
 
@@ -27,15 +31,27 @@ import requests
 import yaml
 
 from dien.bench.workload import score_bodies
+from dien.local_cluster import PORT_ROLES, free_port, port_taken
+from dien.serve.deploy import deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 """The virtualenv's bin: its python for the jobs, its ray and serve for the CLIs."""
-DASHBOARD = "http://127.0.0.1:8265"
-SERVE_URL = "http://127.0.0.1:8000"
-CLIENT_ENV = {"RAY_ADDRESS": DASHBOARD, "RAY_DASHBOARD_ADDRESS": DASHBOARD, "RAY_AUTH_MODE": "token"}
-"""What a client of the cluster needs (what platform/cluster-up.sh prints and writes to runs/cluster/env)."""
+DEFAULT_PORTS = {"RAY_PORT": 6379, "DASHBOARD_PORT": 8265, "AGENT_PORT": 52375, "CLIENT_PORT": 10001,
+                 "SERVE_PORT": 8000, "DASHBOARD_METRIC_PORT": 44227, "AUTOSCALER_METRIC_PORT": 44217}
+"""platform/cluster-up.sh's ports (its defaults)."""
+TEMP_DIR = "/tmp/ray-dien-demo"
 PROGRESS_EVERY_S = 30.0
+
+
+def choose_ports() -> dict[str, int]:
+    """cluster-up.sh's default ports, each taken one replaced by a free one (and said so)."""
+    ports = {}
+    for name, port in DEFAULT_PORTS.items():
+        ports[name] = port if not port_taken(port) else free_port()
+        if ports[name] != port:
+            print(f"port {port} ({PORT_ROLES[name]}) is taken: the demo uses {ports[name]} ({name}={ports[name]})")
+    return ports
 
 
 @dataclass
@@ -44,7 +60,22 @@ class Demo:
     users: int
     epochs: int
     qps_seconds: float
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.ports['DASHBOARD_PORT']}"
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['SERVE_PORT']}"
+
+    @property
+    def cluster_env(self) -> dict[str, str]:
+        """What platform/cluster-up.sh and cluster-down.sh read: this demo's ports, state dir and temp dir."""
+        return {**{name: str(port) for name, port in self.ports.items()}, "NUM_CPUS": "4", "VENV": str(BIN.parent),
+                "STATE_DIR": str(self.out / "cluster"), "RAY_TEMP_DIR": TEMP_DIR}
 
     @property
     def data(self) -> Path:
@@ -122,45 +153,11 @@ def serve_config(demo: Demo) -> Path:
     return path
 
 
-def dashboard_answers() -> bool:
-    try:
-        requests.get(f"{DASHBOARD}/api/gcs_healthz", timeout=2)
-    except requests.RequestException:
-        return False
-    return True
-
-
-def auth_headers() -> dict[str, str]:
-    """The bearer token of Ray's token authentication (RAY_AUTH_TOKEN, else the file cluster-up.sh made)."""
-    token = os.environ.get("RAY_AUTH_TOKEN") or Path(
-        os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").read_text().strip()
-    return {"Authorization": f"Bearer {token}"}
-
-
-def wait_running(app: str, timeout_s: float = 300.0) -> None:
-    """Until Serve's REST status API (GET /api/serve/applications/) reports ``app`` RUNNING and its ingress
-    answers /healthz; a failed deployment raises with Serve's message."""
-    deadline = time.monotonic() + timeout_s
-    status, headers = "not deployed", auth_headers()
-    while time.monotonic() < deadline:
-        answer = requests.get(f"{DASHBOARD}/api/serve/applications/", headers=headers, timeout=10)
-        answer.raise_for_status()
-        application = answer.json().get("applications", {}).get(app, {})
-        status = application.get("status", "not deployed")
-        if status == "DEPLOY_FAILED":
-            raise RuntimeError(f"Serve could not deploy {app!r}: {application.get('message', '')}")
-        if status == "RUNNING" and requests.get(f"{SERVE_URL}/healthz", timeout=5).status_code == 200:
-            return
-        time.sleep(1.0)
-    raise TimeoutError(f"application {app!r} not running within {timeout_s:.0f} s (last status: {status}; "
-                       "see `serve status`)")
-
-
 def score_examples(demo: Demo, users: int = 3, candidates: int = 5) -> None:
-    print(f"\n== scoring: {users} users, {candidates} candidates each, POST {SERVE_URL}/v1/score")
+    print(f"\n== scoring: {users} users, {candidates} candidates each, POST {demo.serve_url}/v1/score")
     for body in score_bodies(demo.data, candidates, requests=users, seed=7).bodies:
         request = json.loads(body)
-        answer = requests.post(f"{SERVE_URL}/v1/score", data=body, headers={"Content-Type": "application/json"},
+        answer = requests.post(f"{demo.serve_url}/v1/score", data=body, headers={"Content-Type": "application/json"},
                                timeout=30)
         answer.raise_for_status()
         reply = answer.json()
@@ -193,8 +190,8 @@ def run_demo(demo: Demo) -> None:
     from ray.job_submission import JobSubmissionClient
 
     print(demo.run("cluster-up (NUM_CPUS=4, token auth)", ["bash", str(ROOT / "platform" / "cluster-up.sh")],
-                   env={"NUM_CPUS": "4", "VENV": str(BIN.parent)}).rstrip())
-    client = JobSubmissionClient(DASHBOARD)
+                   env=demo.cluster_env).rstrip())
+    client = JobSubmissionClient(demo.dashboard)
     demo.submit(client, "prepare synthetic data", "prepare_data.py", "--source", "synthetic", "--users", demo.users,
                 "--out", demo.data)
     report_dataset(demo)
@@ -209,15 +206,14 @@ def run_demo(demo: Demo) -> None:
     demo.submit(client, "evaluate", "evaluate.py", "--model", demo.artifact("teacher"),
                 "--model", demo.artifact("student"), "--data", demo.data, "--out", demo.out / "evaluate.json")
     config = serve_config(demo)
-    demo.run("deploy (serve deploy)", [str(BIN / "serve"), "deploy", "--address", DASHBOARD, str(config)],
-             env=CLIENT_ENV)
-    began = time.monotonic()
-    wait_running(yaml.safe_load(config.read_text())["applications"][0]["name"])
-    demo.timings["deploy (serve deploy)"] += time.monotonic() - began
-    print(f"serving at {SERVE_URL} ({demo.timings['deploy (serve deploy)']:.0f} s)")
+    print(f"\n== deploy\n$ python jobs/deploy.py {config} --port {demo.ports['SERVE_PORT']}", flush=True)
+    with_port = yaml.safe_load(config.read_text())
+    with_port.setdefault("http_options", {})["port"] = demo.ports["SERVE_PORT"]
+    demo.timings["deploy"] = deploy(demo.dashboard, with_port, progress=lambda line: print(line, flush=True))
+    print(f"serving at {demo.serve_url} ({demo.timings['deploy']:.0f} s)")
     score_examples(demo)
     demo.run(f"qps ({demo.qps_seconds:.0f} s, 100 candidates, 32 in flight)",
-             [str(BIN / "python"), str(ROOT / "jobs" / "benchmark_qps.py"), "--url", SERVE_URL,
+             [str(BIN / "python"), str(ROOT / "jobs" / "benchmark_qps.py"), "--url", demo.serve_url,
               "--data", str(demo.data), "--candidates", "100", "--concurrency", "32",
               "--duration", str(demo.qps_seconds), "--warmup", "2", "--out", str(demo.out / "qps")])
 
@@ -226,11 +222,15 @@ def run(demo: Demo) -> int:
     """The whole demo in a fresh ``demo.out``; the cluster is stopped however it ends (also on SIGTERM, which the
     caller turns into ``SystemExit``). Returns the exit status: 0, 1 when a step failed, 2 when a cluster is
     already running."""
-    if dashboard_answers():
-        print(f"error: a Ray cluster already answers at {DASHBOARD}: stop it first (make cluster-down)", file=sys.stderr)
+    state = demo.out / "cluster" / "state.json"
+    if subprocess.run([str(BIN / "python"), "-m", "dien.local_cluster", "running", "--state", str(state)],
+                      capture_output=True).returncode == 0:
+        print(f"error: the cluster of an earlier demo ({state}) is still running: stop it first "
+              f"(STATE_DIR={state.parent} make cluster-down)", file=sys.stderr)
         return 2
     shutil.rmtree(demo.out, ignore_errors=True)
     demo.out.mkdir(parents=True)
+    demo.ports = choose_ports()
     os.environ["RAY_AUTH_MODE"] = "token"
     started, failed = time.monotonic(), None
     try:
@@ -240,7 +240,7 @@ def run(demo: Demo) -> int:
     finally:
         print("\n== cluster-down", flush=True)
         subprocess.run(["bash", str(ROOT / "platform" / "cluster-down.sh")], cwd=ROOT, check=False,
-                       env={**os.environ, "VENV": str(BIN.parent)})
+                       env={**os.environ, **demo.cluster_env})
     print(summary(demo, started))
     if failed:
         print(f"\ndemo failed: {failed}", file=sys.stderr)
