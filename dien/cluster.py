@@ -7,6 +7,8 @@ from urllib.parse import urlparse
 
 import ray
 
+from dien.ray_logs import SETUP_HOOK
+
 logger = logging.getLogger(__name__)
 
 
@@ -52,5 +54,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=target, logging_level=logging.WARNING)
     else:
         num_cpus = num_cpus or default_local_cpus()
-        logger.info("starting an embedded Ray with %d logical CPUs", num_cpus)
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        logger.info("starting an embedded Ray with %d logical CPUs (no dashboard; Ray's log lines that say "
+                    "nothing here are dropped, see dien/ray_logs.py)", num_cpus)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 runtime_env={"worker_process_setup_hook": SETUP_HOOK})

@@ -1,5 +1,6 @@
 """Ray Train: two CPU workers learn; a killed worker resumes mid-epoch on exactly the samples it had left; a
-re-run with more epochs continues; a run name cannot be continued with other settings."""
+re-run with more epochs continues; a run name cannot be continued with other settings; Ray's noise is dropped."""
+import logging
 import math
 from dataclasses import replace
 
@@ -7,6 +8,7 @@ import pytest
 
 from dien.artifacts import load_artifact
 from dien.curves import read_curves
+from dien.ray_logs import NOISE, DropMessages, drop_ray_noise, logger_names
 from dien.train.distributed import (FAIL_AT_STEP_ENV, ClusterConfig, RunMismatch, TrainJob, check_same_run,
                                     claim_run, export_artifact, identity_differences, run_training)
 from dien.train.evaluate import evaluate_artifact
@@ -112,3 +114,33 @@ def test_a_checkpoint_of_another_run_is_refused_by_the_worker(prepared_dataset):
     assert identity_differences(recorded, other) == ["model_config.history_sum: True -> False"]
     with pytest.raises(RunMismatch, match="history_sum: True -> False"):
         check_same_run(recorded, other, "any")
+
+
+def test_ray_lines_that_say_nothing_are_dropped_and_the_rest_kept():
+    drop_ray_noise()
+    drop_ray_noise()  # once: a second call adds no second filter
+    kept = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            kept.append(record.getMessage())
+
+    handler = Keep()
+    for module in NOISE:
+        for name in logger_names(module):
+            assert sum(isinstance(f, DropMessages) for f in logging.getLogger(name).filters) == 1
+    cleaner = logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner")
+    # Ray's execution context logs through logging.getLogger(__file__).
+    context, = [logging.getLogger(n) for n in logger_names("ray.train.v2._internal.execution.context")[1:]]
+    for logger in (cleaner, context):
+        logger.addHandler(handler)
+    try:
+        cleaner.warning("Failed to query Ray Train Controller actor state. State API may be temporarily unavailable. "
+                        "Continuing to monitor.")
+        cleaner.warning("Controller actor died; removing placement group pg-1")
+        context.warning("Reporting training result 1: TrainingReport(metrics={...}) from rank 0")
+        context.warning("something else")
+    finally:
+        for logger in (cleaner, context):
+            logger.removeHandler(handler)
+    assert kept == ["Controller actor died; removing placement group pg-1", "something else"]

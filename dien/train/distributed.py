@@ -39,6 +39,7 @@ from dien.data.batch import Batch, collate
 from dien.data.dataset_dir import MANIFEST_FILE, DatasetDir
 from dien.data.epochs import SampleOrder, ShardUnits, read_ahead, sample_checksum
 from dien.model import CTRModel, ModelConfig, build_model, resolve_config
+from dien.ray_logs import drop_ray_noise
 from dien.train.loop import BestEpoch, Predictions, TrainConfig, make_optimizer, predict, train_step
 from dien.train.warm_start import check_compatible, warm_start
 
@@ -401,6 +402,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # Ray forwards worker stdout/stderr to the driver; give this entry point's progress a handler there.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    drop_ray_noise()
     context = ray.train.get_context()
     WorkerRun(config["job"], context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device()).run()
 
