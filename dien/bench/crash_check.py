@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -50,7 +50,8 @@ def replica_processes(app: str, deployment: str) -> list[int]:
     return found
 
 
-def _wait(check, timeout_s: float, what: str) -> None:
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``check`` until it holds; TimeoutError saying ``what`` did not happen within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
@@ -72,11 +73,11 @@ def crash_under_load(model: str, data: str, serve_config: str = "serve_configs/l
         time.sleep(3.0)
         killed = time.monotonic()
         os.kill(replica, signal.SIGKILL)
-        _wait(lambda: replica_processes(APP, SCORER) not in ([], [replica]), timeout_s,
-              "no replacement scorer replica started")
+        wait_until(lambda: replica_processes(APP, SCORER) not in ([], [replica]), timeout_s,
+                   "no replacement scorer replica started")
         answered = probe.report.requests
-        _wait(lambda: probe.report.requests >= answered + 2 * threads, timeout_s,
-              "the replacement answered no requests")
+        wait_until(lambda: probe.report.requests >= answered + 2 * threads, timeout_s,
+                   "the replacement answered no requests")
         recovery_s = time.monotonic() - killed
         time.sleep(2.0)
     report = probe.report

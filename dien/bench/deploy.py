@@ -125,12 +125,12 @@ def logical_cpus(config: dict[str, Any]) -> float:
 
 
 class LocalServe:
-    """Serve on the connected Ray, HTTP on ``host:port``; :meth:`deploy` applies configs, :meth:`close`
-    shuts Serve down (its applications, controller and proxies)."""
+    """Serve on the connected Ray, HTTP on ``host:port`` (on every node, or ``proxy_location="HeadOnly"``);
+    :meth:`deploy` applies configs, :meth:`close` shuts Serve down (its applications, controller and proxies)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8000) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 8000, proxy_location: str = "EveryNode") -> None:
         self.url = f"http://{host}:{port}"
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
         # What `serve deploy` reaches through the dashboard; an embedded Ray has no dashboard.
         self._client = serve.context._get_global_client()
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,6 +74,9 @@ class ClusterConfig:
     """Also checkpoint every N optimizer steps (0: only at the end of each epoch)."""
     keep_checkpoints: int = 2
     """Checkpoints kept in storage."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How the workers' bundles are placed on nodes: PACK (as few nodes as fit), SPREAD (across nodes where
+    possible; after losing a node the restarted group packs onto what is left), STRICT_PACK, STRICT_SPREAD."""
     address: str | None = None
     """Ray cluster to join (None: RAY_ADDRESS, a GCS address or the dashboard URL, else an embedded Ray)."""
 
@@ -440,7 +443,8 @@ def run_training(job: TrainJob):
         train_loop_per_worker,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=cluster.workers, use_gpu=cluster.gpu,
-                                     resources_per_worker={"CPU": cluster.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cluster.cpus_per_worker},
+                                     placement_strategy=cluster.placement_strategy),
         run_config=RunConfig(
             name=cluster.run_name,
             storage_path=cluster.storage,
