@@ -5,7 +5,8 @@ import sys
 import pytest
 
 STEP_AND_COUNT_FAULTS = """
-import resource, sys, torch
+import ctypes, resource, statistics, sys, torch
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: faults counted in 4 KiB pages whatever the kernel's THP
 from dien.allocator import retain_freed_memory
 from dien.bench.kernel_cases import forward_backward, make_inputs
 if sys.argv[1] == "retain":
@@ -16,17 +17,18 @@ def faults_of_one_step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     forward_backward("augru", case, "cpu")
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-# The heap settles within a few steps (measured: no faults from the fifth step on with retain).
+# The heap settles within a few steps; after that a retained heap still grows now and then by one step's
+# worth (measured: 19,200 faults in one step of ten, 0 in the others), so the median step is compared.
 for _ in range(6):
     faults_of_one_step()
-print(sum(faults_of_one_step() for _ in range(4)))
+print(statistics.median(faults_of_one_step() for _ in range(9)))
 """
 
 
 def page_faults(mode: str) -> int:
     done = subprocess.run([sys.executable, "-c", STEP_AND_COUNT_FAULTS, mode], capture_output=True, text=True,
                           check=True)
-    return int(done.stdout.split()[-1])
+    return int(float(done.stdout.split()[-1]))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -35,5 +37,6 @@ def test_large_buffers_reuse_freed_memory_instead_of_faulting_it_in_again():
     # largest mmap threshold (32 MiB), which its defaults mmap and unmap on every allocation, so every step faults
     # them in page by page. (Below 32 MiB glibc's threshold adapts after a few frees and the faults stop anyway.)
     default, retained = page_faults("default"), page_faults("retain")
-    assert default > 30_000
-    assert retained < default / 4  # measured: 7-10x fewer; the exact count varies with what else runs
+    # Measured per step: 25,000-70,000 faults with glibc's defaults, a median of 0 retained.
+    assert default > 5_000
+    assert retained < default / 10
