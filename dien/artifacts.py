@@ -2,8 +2,8 @@
 
     <artifact>/
       manifest.json        model name and config, format version, created time, metrics, dataset hash,
-                           sha256 of every other file, the sha256 of the manifest itself and, when a key is
-                           configured, its HMAC-SHA256 signature
+                           sha256 of every other file, the sha256 of the manifest itself and, when keys are
+                           configured, its signatures (dien.artifact_signing: HMAC-SHA256, Ed25519)
       weights.safetensors  the state dict as safetensors (a format whose loading never runs code)
       vocab/item.parquet, vocab/category.parquet   the vocabularies the model was trained with
       vocab/item_category.parquet                  the item table: each item id's category id (optional)
@@ -11,19 +11,17 @@
 
 ``load_artifact`` verifies before it builds anything, and names what fails: the manifest's fields and types,
 every file of the directory listed and every listed file inside it (no ``..``, no symlink), every checksum,
-the model's sizes against its vocabulary files (a forged size cannot allocate terabytes), and the signature:
-with ``DIEN_ARTIFACT_KEY`` (or ``DIEN_ARTIFACT_KEY_FILE``) set, ``save_artifact`` signs the manifest and
+the model's sizes against its vocabulary files (a forged size cannot allocate terabytes), and the signatures:
+with a key configured (:class:`dien.artifact_signing.ArtifactKeys`), ``save_artifact`` signs the manifest and
 ``load_artifact`` refuses an artifact that is unsigned or signed with another key. A checksum alone proves that
-nothing changed by accident; only the signature proves who wrote the artifact. Format 1 (weights as a
+nothing changed by accident; only a signature proves who wrote the artifact. Format 1 (weights as a
 ``torch.save`` file, loaded with ``weights_only=True``) still loads.
 """
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
-import os
 import pickle
 import shutil
 import tempfile
@@ -39,6 +37,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
+from dien.artifact_signing import SIGNATURE_FIELDS, ArtifactKeys, SignatureError
 from dien.curves import write_curves
 from dien.data.vocab import RESERVED, Vocabulary
 from dien.model import CTRModel, ModelConfig, build_model
@@ -51,7 +50,6 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 LEGACY_WEIGHTS = "weights.pt"
 """Format 1's weights: a ``torch.save`` file."""
-KEY_ENV, KEY_FILE_ENV = "DIEN_ARTIFACT_KEY", "DIEN_ARTIFACT_KEY_FILE"
 MAX_WIDTH = 1 << 16
 """The largest embedding, hidden or MLP width a manifest may ask for."""
 VOCAB_FILES = {"item": "vocab/item.parquet", "category": "vocab/category.parquet"}
@@ -71,24 +69,16 @@ def sha256_file(path: Path) -> str:
 
 
 def _manifest_digest(manifest: dict[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k not in ("manifest_sha256", "signature")}
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256" and k not in SIGNATURE_FIELDS}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def signing_key() -> bytes | None:
-    """The artifact signing key: ``DIEN_ARTIFACT_KEY``, else the contents of ``DIEN_ARTIFACT_KEY_FILE``, else None."""
-    if os.environ.get(KEY_ENV):
-        return os.environ[KEY_ENV].encode()
-    if os.environ.get(KEY_FILE_ENV):
-        key = Path(os.environ[KEY_FILE_ENV]).read_bytes().strip()
-        if not key:
-            raise ArtifactError(f"{os.environ[KEY_FILE_ENV]}: the artifact key file is empty")
-        return key
-    return None
-
-
-def _signature(key: bytes, digest: str) -> str:
-    return hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
+def configured_keys() -> ArtifactKeys:
+    """The signing and verification keys of this process's environment (:mod:`dien.artifact_signing`)."""
+    try:
+        return ArtifactKeys.from_environment()
+    except SignatureError as error:
+        raise ArtifactError(str(error)) from None
 
 
 @dataclass
@@ -170,9 +160,7 @@ def save_artifact(
         }
         manifest["version"] = manifest["files"][WEIGHTS][:12]
         manifest["manifest_sha256"] = _manifest_digest(manifest)
-        key = signing_key()
-        if key is not None:
-            manifest["signature"] = _signature(key, manifest["manifest_sha256"])
+        manifest.update(configured_keys().sign(manifest["manifest_sha256"]))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if path.exists():
             shutil.rmtree(path)
@@ -244,9 +232,9 @@ def _check_sizes(path: Path, manifest: dict[str, Any]) -> ModelConfig:
     return config
 
 
-def verify_artifact(path: str | Path, key: bytes | None = None) -> dict[str, Any]:
-    """The manifest of a complete, unaltered artifact (signed with ``key`` when one is given or configured,
-    :func:`signing_key`); raises :class:`ArtifactError` naming what is wrong."""
+def verify_artifact(path: str | Path, keys: ArtifactKeys | None = None) -> dict[str, Any]:
+    """The manifest of a complete, unaltered artifact, signed for ``keys`` (default: :func:`configured_keys`);
+    raises :class:`ArtifactError` naming what is wrong."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -258,12 +246,10 @@ def verify_artifact(path: str | Path, key: bytes | None = None) -> dict[str, Any
     _check_fields(manifest, manifest_path)
     if manifest["manifest_sha256"] != _manifest_digest(manifest):
         raise ArtifactError(f"{manifest_path}: checksum mismatch, the manifest was altered")
-    key = signing_key() if key is None else key
-    if key is not None:
-        signature = manifest.get("signature")
-        _require(isinstance(signature, str), manifest_path, "not signed, and a signing key is configured")
-        _require(hmac.compare_digest(signature, _signature(key, manifest["manifest_sha256"])), manifest_path,
-                 "signature mismatch: signed with another key, or forged")
+    try:
+        (configured_keys() if keys is None else keys).verify(manifest, manifest["manifest_sha256"])
+    except SignatureError as error:
+        raise ArtifactError(f"{manifest_path}: {error}") from None
     _check_files(path, manifest)
     _check_sizes(path, manifest)
     return manifest

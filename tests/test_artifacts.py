@@ -1,12 +1,17 @@
 """The model artifact: identical predictions after a round trip, tampering and missing files refused."""
 import json
 import shutil
+import subprocess
 
 import pytest
 import safetensors.torch
 import torch
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
 
-from dien.artifacts import (KEY_ENV, LEGACY_WEIGHTS, MANIFEST, WEIGHTS, ArtifactError, _manifest_digest, load_artifact,
+from dien.artifact_signing import ED25519_FIELD, KEY_ENV, PRIVATE_KEY_FILE_ENV, PUBLIC_KEY_FILE_ENV
+from dien.artifacts import (LEGACY_WEIGHTS, MANIFEST, WEIGHTS, ArtifactError, _manifest_digest, load_artifact,
                             save_artifact, sha256_file, verify_artifact)
 from dien.curves import draw_curves, read_curves
 from dien.model import ModelConfig, build_model
@@ -155,6 +160,84 @@ def test_a_signing_key_refuses_unsigned_and_forged_artifacts(artifact, tmp_path,
     monkeypatch.setenv(KEY_ENV, "another key")
     with pytest.raises(ArtifactError, match="signature mismatch"):
         verify_artifact(tmp_path / "signed")
+
+
+def write_key_pair(directory, name, private_key=None):
+    """PEM files of an Ed25519 key pair (or of ``private_key``), as ``openssl genpkey`` writes them."""
+    key = private_key or Ed25519PrivateKey.generate()
+    private, public = directory / f"{name}.pem", directory / f"{name}.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def save_small(directory, small_dataset, model):
+    config = ModelConfig(small_dataset.n_items, small_dataset.n_cats, hidden=16)
+    vocab = small_dataset.vocabularies
+    return save_artifact(directory, model, "dien", config, vocab.item, vocab.category, max_len=30,
+                         metrics={"auc": 0.5})
+
+
+def test_an_ed25519_key_pair_signs_for_writers_and_verifies_for_readers(artifact, tmp_path, small_dataset,
+                                                                        monkeypatch):
+    unsigned, model = artifact
+    private, public = write_key_pair(tmp_path, "team")
+    monkeypatch.setenv(PRIVATE_KEY_FILE_ENV, str(private))
+    signed = save_small(tmp_path / "signed", small_dataset, model)
+    assert len(bytes.fromhex(json.loads((signed / MANIFEST).read_text())[ED25519_FIELD])) == 64
+    assert load_artifact(signed).manifest["metrics"] == {"auc": 0.5}  # the writer verifies with its own public key
+
+    # A serving machine holds only the public key: it verifies, and cannot sign.
+    monkeypatch.delenv(PRIVATE_KEY_FILE_ENV)
+    monkeypatch.setenv(PUBLIC_KEY_FILE_ENV, str(public))
+    assert load_artifact(signed).name == "dien"
+    assert ED25519_FIELD not in json.loads((save_small(tmp_path / "reader", small_dataset, model) / MANIFEST)
+                                           .read_text())
+    with pytest.raises(ArtifactError, match="no Ed25519 signature, and a public key is configured"):
+        load_artifact(unsigned)
+    forged = tmp_path / "forged"
+    shutil.copytree(signed, forged)
+    rewrite(forged, lambda m: m["metrics"].__setitem__("auc", 0.99))
+    with pytest.raises(ArtifactError, match="Ed25519 signature mismatch"):
+        load_artifact(forged)
+    rewrite(forged, lambda m: m.__setitem__(ED25519_FIELD, "not hex"))
+    with pytest.raises(ArtifactError, match="Ed25519 signature mismatch"):
+        load_artifact(forged)
+    _, other_public = write_key_pair(tmp_path, "other")
+    monkeypatch.setenv(PUBLIC_KEY_FILE_ENV, str(other_public))
+    with pytest.raises(ArtifactError, match="Ed25519 signature mismatch: signed with another key, or forged"):
+        verify_artifact(signed)
+
+
+def test_unreadable_and_wrong_kinds_of_keys_are_named(artifact, tmp_path, monkeypatch):
+    path, _ = artifact
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
+    monkeypatch.setenv(PUBLIC_KEY_FILE_ENV, str(garbage))
+    with pytest.raises(ArtifactError, match=f"{garbage} \\(from {PUBLIC_KEY_FILE_ENV}\\): not a PEM public key"):
+        load_artifact(path)
+    _, rsa_public = write_key_pair(tmp_path, "rsa", generate_private_key(public_exponent=65537, key_size=2048))
+    monkeypatch.setenv(PUBLIC_KEY_FILE_ENV, str(rsa_public))
+    with pytest.raises(ArtifactError, match="a RSAPublicKey, not an Ed25519 key"):
+        load_artifact(path)
+    monkeypatch.setenv(PUBLIC_KEY_FILE_ENV, str(tmp_path / "absent.pem"))
+    with pytest.raises(ArtifactError, match="absent.pem \\(from DIEN_ARTIFACT_PUBLIC_KEY_FILE\\): cannot be read"):
+        load_artifact(path)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_keys_made_by_openssl_sign_and_verify(artifact, tmp_path, small_dataset, monkeypatch):
+    _, model = artifact
+    private, public = tmp_path / "key.pem", tmp_path / "key.pub.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(private)], check=True)
+    subprocess.run(["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)], check=True)
+    monkeypatch.setenv(PRIVATE_KEY_FILE_ENV, str(private))
+    signed = save_small(tmp_path / "signed", small_dataset, model)
+    monkeypatch.delenv(PRIVATE_KEY_FILE_ENV)
+    monkeypatch.setenv(PUBLIC_KEY_FILE_ENV, str(public))
+    assert load_artifact(signed).name == "dien"
 
 
 def test_format_1_artifacts_still_load(artifact, small_dataset):
