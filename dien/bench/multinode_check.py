@@ -72,10 +72,11 @@ def registered_step(run: Path) -> int:
     return max((r["metrics"].get("global_step", 0) for r in results), default=0)
 
 
-def train_losing_a_node(cluster: Cluster, worker, data: str, scratch: Path, timeout_s: float) -> dict[str, Any]:
+def train_losing_a_node(cluster: Cluster, worker, data: str, scratch: Path, epochs: int,
+                        timeout_s: float) -> dict[str, Any]:
     storage = scratch / "train"
     job = TrainJob(data=data, model="dien", model_options={"hidden": 16},
-                   train=TrainConfig(epochs=2, batch_size=128, patience=None),
+                   train=TrainConfig(epochs=epochs, batch_size=128, patience=None),
                    cluster=ClusterConfig(workers=2, cpus_per_worker=1.0, storage=str(storage), run_name="multinode",
                                          max_failures=2, checkpoint_every_steps=5, placement_strategy="SPREAD"))
     outcome: dict[str, Any] = {}
@@ -109,7 +110,8 @@ def replica_nodes(app: str) -> dict[str, list[str]]:
             for name, d in deployments.items()}
 
 
-def serve_losing_a_node(cluster: Cluster, model: str, data: str, threads: int, timeout_s: float) -> dict[str, Any]:
+def serve_losing_a_node(cluster: Cluster, model: str, data: str, threads: int, seconds_after: float,
+                        timeout_s: float) -> dict[str, Any]:
     worker = cluster.add_node(num_cpus=CPUS_PER_NODE)
     cluster.wait_for_nodes()
     base = load_config("serve_configs/local.yaml")
@@ -126,7 +128,7 @@ def serve_losing_a_node(cluster: Cluster, model: str, data: str, threads: int, t
         cluster.remove_node(worker, allow_graceful=False)
         removed = time.monotonic()
         wait_until(lambda: worker.node_id not in alive_nodes(), timeout_s, "the removed node still counted alive")
-        time.sleep(15.0)
+        time.sleep(seconds_after)
         after = probe.report.requests - before
     report, remaining = probe.report, replica_nodes(APP)
     serve.close()
@@ -139,23 +141,30 @@ def serve_losing_a_node(cluster: Cluster, model: str, data: str, threads: int, t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="prepared dataset (training, the store, the requests)")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs (the node is lost in the first)")
     parser.add_argument("--threads", type=int, default=4, help="requests in flight while serving")
+    parser.add_argument("--serve-seconds", type=float, default=15.0,
+                        help="seconds of requests after the node is gone")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds each part may take")
     parser.add_argument("--out", default="runs/multinode_check.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     data = str(Path(args.data).resolve())
     os.environ.update(PROXY_ENVIRONMENT)  # inherited by every node's processes
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": CPUS_PER_NODE + 1, "include_dashboard": False})
+    # The GCS declares a node dead after this many missed health checks: 1 s apart here, not Ray's 3 s x 5.
+    health_checks = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": CPUS_PER_NODE + 1, "include_dashboard": False,
+                                                            "_system_config": health_checks})
     worker = cluster.add_node(num_cpus=CPUS_PER_NODE)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level=logging.WARNING,
              runtime_env={"worker_process_setup_hook": SETUP_HOOK})
     try:
         with tempfile.TemporaryDirectory(prefix="dien-multinode-") as scratch:
-            training = train_losing_a_node(cluster, worker, data, Path(scratch), args.timeout)
+            training = train_losing_a_node(cluster, worker, data, Path(scratch), args.epochs, args.timeout)
             print(json.dumps({"training": training}, indent=2), flush=True)
-            serving = serve_losing_a_node(cluster, training["artifact"], data, args.threads, args.timeout)
+            serving = serve_losing_a_node(cluster, training["artifact"], data, args.threads, args.serve_seconds,
+                                          args.timeout)
     finally:
         ray.shutdown()
         cluster.shutdown()
