@@ -7,6 +7,7 @@ from dien.data.batch import Batch
 from dien.kernels import reference
 from dien.model import MODELS, ModelConfig, build_model
 from dien.model.attention import BilinearAttention, MLPAttention
+from dien.model.dien import DIEN
 from dien.model.interest import InterestExtractor, agru_weights
 from dien.train.loop import TrainConfig, iterate_batches, make_optimizer, train_step
 
@@ -136,9 +137,32 @@ def test_selecting_only_what_the_score_reads_scores_the_same(name):
     assert all(getattr(lean, field) is None for field in unread), unread
     if name == "dien":
         assert "behaviors" in unread  # the [C, T, E] embeddings are never copied per candidate
-        # The AUGRU's projections stay per request: the candidates read them through evolution_rows.
+        # The interest states and the AUGRU's projections stay per request: candidates read them by history_rows.
+        assert lean.states.data_ptr() == history.states.data_ptr()
         assert lean.evolution_inputs.data_ptr() == history.evolution_inputs.data_ptr()
-        assert lean.evolution_rows.tolist() == index.tolist()
+        assert lean.history_rows.tolist() == index.tolist()
+
+
+@pytest.mark.parametrize("attention", ["bilinear", "mlp"])
+@pytest.mark.parametrize("evolution", ["augru", "agru", "aigru", "augru_official", "gru_attention"])
+def test_candidates_reading_their_history_in_place_score_as_with_copies_of_it(evolution, attention):
+    torch.manual_seed(0)
+    # Embeddings of std 1, not the default's small init: attention weights far from uniform, so rows mixed up show.
+    model = DIEN(ModelConfig(n_items=50, n_cats=10, evolution=evolution, attention=attention,
+                             embedding_std=1.0)).eval()
+    assert model.evolution.kind == evolution
+    batch = random_batch()
+    index = torch.tensor([2, 2, 0, 5, 2, 5, 1])  # unsorted, repeated, some histories unread
+    targets, cats = torch.tensor([5, 6, 7, 8, 9, 1, 3]), torch.tensor([2, 3, 4, 1, 2, 5, 6])
+    with torch.no_grad():
+        history = model.encode_history(batch.hist_item, batch.hist_cat, batch.lengths)
+        in_place = model.score(history.select(index, model.score_reads), targets, cats)
+        copies = model.encode_history(batch.hist_item[index], batch.hist_cat[index], batch.lengths[index])
+        torch.testing.assert_close(in_place, model.score(copies, targets, cats))
+        alone = model.encode_history(batch.hist_item[5:6], batch.hist_cat[5:6], batch.lengths[5:6])  # one request
+        one_request = model.score(alone.select(torch.tensor([0, 0, 0]), model.score_reads), targets[:3], cats[:3])
+        three = model.encode_history(batch.hist_item[[5] * 3], batch.hist_cat[[5] * 3], batch.lengths[[5] * 3])
+        torch.testing.assert_close(one_request, model.score(three, targets[:3], cats[:3]))
 
 
 def test_pnn_feeds_the_mlp_every_field_and_the_inner_product_of_every_pair():

@@ -13,6 +13,8 @@ from dien.data.batch import Batch
 
 TIME_FIELDS = ("behaviors", "states", "evolution_inputs", "categories")
 """The :class:`HistoryEncoding` tensors with a time axis (dim 1)."""
+PER_HISTORY = ("states", "evolution_inputs")
+"""The tensors :meth:`HistoryEncoding.select` leaves per history (DIEN's score reads them in place)."""
 
 
 @dataclass
@@ -21,10 +23,10 @@ class HistoryEncoding:
 
     behaviors: [R, T, E] embeddings; lengths: [R]; behavior_sum: [R, E] sum pooling;
     states: [R, T, H] interest states (sequence models only);
-    evolution_inputs: [R', T, 3H] the interest evolution GRU's input projections of the states (DIEN with
+    evolution_inputs: [R, T, 3H] the interest evolution GRU's input projections of the states (DIEN with
     AUGRU or AGRU: they depend on the history only, so a request computes them once for all its candidates);
-    evolution_rows: [R] the row of ``evolution_inputs`` each row reads (None: row i reads row i). :meth:`select`
-    leaves the projections per request and records the rows, which the kernel reads in place;
+    history_rows: the history each row reads in :data:`PER_HISTORY` (None: row i reads row i). :meth:`select`
+    leaves those tensors per history and records the rows, which attention and the kernels read in place;
     categories: [R, T] int64 each history's distinct categories, then zeros (Wide&Deep's cross features).
     """
 
@@ -33,28 +35,29 @@ class HistoryEncoding:
     behavior_sum: Tensor
     states: Tensor | None = None
     evolution_inputs: Tensor | None = None
-    evolution_rows: Tensor | None = None
+    history_rows: Tensor | None = None
     categories: Tensor | None = None
 
     def select(self, index: Tensor, names: Sequence[str] | None = None) -> "HistoryEncoding":
         """Rows ``index`` [C] (e.g. each candidate's request) of the tensors ``names`` (default: all); the
-        others are None, so a caller copies only what it reads (:attr:`CTRModel.score_reads`). The evolution
-        inputs are not copied: ``evolution_rows`` says which of their rows each selected row reads."""
+        others are None, so a caller copies only what it reads (:attr:`CTRModel.score_reads`). The tensors of
+        :data:`PER_HISTORY` are not copied: ``history_rows`` says which of their rows each selected row reads."""
         wanted = {f.name for f in fields(self)} if names is None else set(names)
-        shared = ("evolution_inputs", "evolution_rows")
-        selected = {f.name: None if f.name not in wanted or f.name in shared or getattr(self, f.name) is None
+        kept = (*PER_HISTORY, "history_rows")
+        selected = {f.name: None if f.name not in wanted or f.name in kept or getattr(self, f.name) is None
                     else getattr(self, f.name).index_select(0, index) for f in fields(self)}
-        if "evolution_inputs" in wanted and self.evolution_inputs is not None:
-            selected["evolution_inputs"] = self.evolution_inputs
-            selected["evolution_rows"] = index if self.evolution_rows is None else self.evolution_rows[index]
+        shared = [name for name in PER_HISTORY if name in wanted and getattr(self, name) is not None]
+        if shared:
+            selected.update({name: getattr(self, name) for name in shared})
+            selected["history_rows"] = index if self.history_rows is None else self.history_rows[index]
         return HistoryEncoding(**selected)
 
     def rows(self, names: Sequence[str]) -> list["HistoryEncoding"]:
         """Each row alone, [1, L, ...] cut to its own length L (at least one step), with only the tensors
         ``names``, as copies that outlive this batch's tensors (what a cache keeps)."""
-        if self.evolution_rows is not None:
+        if self.history_rows is not None:
             raise ValueError("rows() splits an encoding of distinct histories, not a selection of them")
-        kept = [f.name for f in fields(self) if f.name in names and f.name != "evolution_rows"
+        kept = [f.name for f in fields(self) if f.name in names and f.name != "history_rows"
                 and getattr(self, f.name) is not None]
         split = []
         for i, length in enumerate(self.lengths.tolist()):

@@ -28,7 +28,7 @@ class DIEN(CTRModel):
         mlp_in = (3 if self.history_sum else 1) * dim + self.evolution.out_dim
         self.mlp = MLP(mlp_in, config.mlp_dims, config.activation)
         self.uses_negatives = config.use_aux
-        self.score_reads = ("states", "lengths", "evolution_inputs", "evolution_rows") + (
+        self.score_reads = ("states", "lengths", "evolution_inputs", "history_rows") + (
             ("behavior_sum",) if self.history_sum else ())
 
     def encode_history(self, hist_item: Tensor, hist_cat: Tensor, lengths: Tensor) -> HistoryEncoding:
@@ -43,7 +43,7 @@ class DIEN(CTRModel):
     def score(self, history: HistoryEncoding, target_item: Tensor, target_cat: Tensor) -> Tensor:
         target = self.embedding(target_item, target_cat)
         interest = self.evolution(history.states, target, history.lengths, history.evolution_inputs,
-                                  history.evolution_rows)
+                                  history.history_rows)
         pooled = [history.behavior_sum, target * history.behavior_sum] if self.history_sum else []
         return self.mlp(torch.cat([target, *pooled, interest], dim=-1))
 

@@ -106,15 +106,18 @@ class InterestEvolution(nn.Module):
                 rows: Tensor | None = None) -> Tensor:
         """states: [B, T, H], query (target embedding): [B, D], lengths: [B] -> final interest [B, H'].
 
-        projected: :meth:`project` of the states, or None (computed here); with ``rows`` [B] it is per request,
-        [R, T, 3H], and row b reads projected[rows[b]].
+        projected: :meth:`project` of the states, or None (computed here). With ``rows`` [B], the states and
+        the projections are per history, [R, T, H] and [R, T, 3H], and row b reads row rows[b] of both: the
+        AUGRU and AGRU kernels and the bilinear attention read them in place.
         """
         weights = self._weights()
+        if rows is not None and projected is None:
+            states, rows = states.index_select(0, rows), None  # a recurrence over each row's own (gated) states
         if self.kind == "gru_attention":
             outputs, _ = kernels.gru(states, lengths, *weights)
             att = self.attention(query, outputs, lengths)
             return torch.bmm(att.unsqueeze(1), outputs).squeeze(1)
-        att = self.attention(query, states, lengths)
+        att = self.attention(query, states, lengths, rows)
         if self.kind in ("augru", "agru"):
             if projected is None:
                 _, final = kernels.augru(states, att, lengths, *weights)
