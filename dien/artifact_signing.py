@@ -50,23 +50,16 @@ def _hmac_sha256(key: bytes, digest: str) -> str:
     return hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
 
 
-def _load_private_key(variable: str) -> Ed25519PrivateKey:
+def _load_key(variable: str, private: bool) -> Ed25519PrivateKey | Ed25519PublicKey:
+    """The Ed25519 key (private or public) in the PEM file that ``variable`` names."""
+    data = _read_key_file(variable)
     try:
-        key = serialization.load_pem_private_key(_read_key_file(variable), password=None)
+        key = serialization.load_pem_private_key(data, password=None) if private else \
+            serialization.load_pem_public_key(data)
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        raise SignatureError(f"{os.environ[variable]} (from {variable}): not an unencrypted PEM private key "
-                             f"({error})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SignatureError(f"{os.environ[variable]} (from {variable}): a {type(key).__name__}, not an Ed25519 key")
-    return key
-
-
-def _load_public_key(variable: str) -> Ed25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(_read_key_file(variable))
-    except (ValueError, UnsupportedAlgorithm) as error:
-        raise SignatureError(f"{os.environ[variable]} (from {variable}): not a PEM public key ({error})") from None
-    if not isinstance(key, Ed25519PublicKey):
+        expected = "an unencrypted PEM private key" if private else "a PEM public key"
+        raise SignatureError(f"{os.environ[variable]} (from {variable}): not {expected} ({error})") from None
+    if not isinstance(key, Ed25519PrivateKey if private else Ed25519PublicKey):
         raise SignatureError(f"{os.environ[variable]} (from {variable}): a {type(key).__name__}, not an Ed25519 key")
     return key
 
@@ -84,9 +77,9 @@ class ArtifactKeys:
         shared = os.environ[KEY_ENV].encode() if os.environ.get(KEY_ENV) else None
         if shared is None and os.environ.get(KEY_FILE_ENV):
             shared = _read_key_file(KEY_FILE_ENV)
-        private = _load_private_key(PRIVATE_KEY_FILE_ENV) if os.environ.get(PRIVATE_KEY_FILE_ENV) else None
+        private = _load_key(PRIVATE_KEY_FILE_ENV, private=True) if os.environ.get(PRIVATE_KEY_FILE_ENV) else None
         if os.environ.get(PUBLIC_KEY_FILE_ENV):
-            public = _load_public_key(PUBLIC_KEY_FILE_ENV)
+            public = _load_key(PUBLIC_KEY_FILE_ENV, private=False)
         else:
             public = private.public_key() if private is not None else None
         return cls(shared, private, public)
