@@ -13,6 +13,7 @@ from dien.serve.config import RedisStoreConfig, ServeArgs
 from dien.serve.history import BehaviorEvent, ReadOnlyStore, StoreUnavailable, UserHistoryStore
 from dien.serve.history_load import LoadConfig, load_histories
 from dien.serve.redis_history import RedisHistoryStore, redacted
+from servers import redis_server_in
 
 _prefixes = itertools.count()
 
@@ -86,6 +87,37 @@ def test_a_store_that_is_down_is_named_and_one_that_is_back_answers_again(redis_
         await store.close()
 
     run(scenario())
+
+
+def test_with_append_only_persistence_a_killed_server_loses_no_acknowledged_event(tmp_path):
+    server = redis_server_in(tmp_path, append_only=True)
+    config = RedisStoreConfig(url=server.url, key_prefix="durable", max_len=1000)
+    users = [f"u{k}" for k in range(5)]
+    events = [BehaviorEvent(users[t % 5], f"i{t}", float(t), f"c{t % 7}") for t in range(500)]
+
+    async def acknowledged() -> int:
+        store = RedisHistoryStore(config)
+        try:
+            return sum([len((await store.append(events[i:i + 50])).stored) for i in range(0, len(events), 50)])
+        finally:
+            await store.close()
+
+    async def kept() -> dict[str, list[str]]:
+        store = RedisHistoryStore(config)
+        try:
+            return {user: (await store.history(user))[0] for user in users}
+        finally:
+            await store.close()
+
+    try:
+        assert run(acknowledged()) == 500
+        server.stop(kill=True)  # SIGKILL: nothing is flushed on the way out
+        server.start()
+        histories = run(kept())
+    finally:
+        server.stop()
+    assert {user: len(items) for user, items in histories.items()} == {user: 100 for user in users}
+    assert histories["u3"] == [f"i{t}" for t in range(3, 500, 5)]
 
 
 def test_the_snapshot_is_read_only(prepared_dataset):
