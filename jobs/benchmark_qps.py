@@ -17,7 +17,7 @@ import sys
 from dataclasses import replace
 
 from dien.bench.load import LoadSettings
-from dien.bench.qps import QUICK, Inputs, QpsConfig, run
+from dien.bench.qps import QUICK, VARIANTS, Inputs, QpsConfig, run
 from dien.bench.report import format_table, write_outputs
 from dien.bench.workload import FORMS
 
@@ -50,6 +50,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[QpsConfig, str]:
                         help="lists of behaviors in the bodies as objects or as compact columns")
     parser.add_argument("--inline-history", action=argparse.BooleanOptionalAction, default=defaults.inline_history,
                         help="send each user's history in the body (else the ingress looks it up by user_id)")
+    parser.add_argument("--variants", nargs="+", metavar="NAME",
+                        help=f"local mode: measure only these variants (quoted names: {'; '.join(VARIANTS)})")
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=defaults.peers,
                         help="local mode: also measure the plain uvicorn endpoints (ours, DeepCTR-Torch's DIEN)")
     parser.add_argument("--port", type=int, help="local mode: HTTP port on 127.0.0.1 (default: a free one)")
@@ -61,7 +63,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[QpsConfig, str]:
     load = replace(config.load, **{k: v for k, v in (("duration_s", args.duration), ("warmup_s", args.warmup),
                                                       ("timeout_s", args.timeout)) if v is not None})
     chosen = {"candidates": args.candidates, "concurrency": args.concurrency, "rates": args.rates,
-              "open_fractions": args.open_fractions, "port": args.port, "url": args.url}
+              "open_fractions": args.open_fractions, "port": args.port, "url": args.url,
+              "variants": args.variants}
     config = replace(config, load=load, serve_config=args.serve_config, out=args.out,
                      throughput_optimized=args.throughput_optimized, haproxy=args.haproxy, form=args.form,
                      inline_history=args.inline_history, peers=args.peers,

@@ -3,6 +3,8 @@ open loop without coordinated omission, errors), the Serve config variants, the 
 of the whole benchmark on the session's Ray with its outputs."""
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from dien.bench.deploy import NOOP_IMPORT_PATH, Variant, load_config, logical_cp
 from dien.bench.load import LoadResult, LoadSettings, measure
 from dien.bench.peers import available as peer_available
 from dien.bench.qps import (IN_INGRESS, NOOP, PER_CORE, PLAIN, PLAIN_PEER, REFERENCE, STUDENT, TEACHER, UNBATCHED,
-                            Inputs, QpsConfig, QpsReport, Row, check_goals, run_local, run_url)
+                            VARIANTS, Inputs, QpsConfig, QpsReport, Row, check_goals, run_local, run_url, variants)
 from dien.bench.report import format_markdown, format_table, write_outputs
 from dien.bench.workload import score_bodies
 from dien.model import ModelConfig, build_model
@@ -196,6 +198,17 @@ def test_variants_change_only_what_they_name():
     assert logical_cpus(config) == 0.5 + 1.5 + 1.5
     with pytest.raises(ValueError, match="must differ"):
         variants_config(base, [Variant(STUDENT, "a"), Variant("Student", "b")], "d")
+
+
+def test_a_run_measures_only_the_variants_it_names():
+    chosen = variants("s", "t", (UNBATCHED, NOOP))
+    assert [(v.name, every_size) for v, every_size in chosen] == [(NOOP, True), (UNBATCHED, False)]
+    assert [v.name for v, _ in variants("s", "t")] == [n for n in VARIANTS if n not in (PLAIN, PLAIN_PEER)]
+    with pytest.raises(ValueError, match="unknown variant 'studnet'; the variants are: no-op, student"):
+        variants("s", "t", ("studnet",))
+    refused = subprocess.run([sys.executable, "jobs/benchmark_qps.py", "--variants", NOOP, "studnet"],
+                             cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "error: unknown variant 'studnet'" in refused.stderr
 
 
 def test_the_in_ingress_variant_moves_the_scorer_settings_to_the_ingress():

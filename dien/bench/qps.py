@@ -85,6 +85,8 @@ OURS = (STUDENT, IN_INGRESS, PER_CORE)
 PEER_SIZE = 100
 """The request size the peers, batching off, the teacher and the reference kernels are measured at."""
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+VARIANTS = (NOOP, STUDENT, IN_INGRESS, PER_CORE, UNBATCHED, TEACHER, REFERENCE, PLAIN, PLAIN_PEER)
+"""Every variant of local mode, in the order the report lists them."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class QpsConfig:
     inline_history: bool = True
     """Send each user's history in the body (as a caller that holds the fresh history would); False: the
     ingress looks it up by ``user_id``."""
+    variants: tuple[str, ...] = ()
+    """Local mode: measure only these variants (names of :data:`VARIANTS`); empty: all of them."""
     peers: bool = True
     """Local mode: also measure the plain uvicorn endpoints (:mod:`dien.bench.plain_server`): our student, and
     DeepCTR-Torch's DIEN when the optional extra is installed."""
@@ -255,16 +259,20 @@ def run_url(config: QpsConfig) -> QpsReport:
     return report
 
 
-def variants(student: str | Path, teacher: str | Path) -> list[tuple[Variant, bool]]:
-    """The Ray Serve variants of local mode, each with whether it is measured at every request size (else at
-    :data:`PEER_SIZE`)."""
-    return [(Variant(NOOP, None), True),
-            (Variant(STUDENT, str(student)), True),
-            (Variant(IN_INGRESS, str(student), in_ingress=True), True),
-            (Variant(PER_CORE, str(student), in_ingress=True, replicas=os.cpu_count() or 1), True),
-            (Variant(UNBATCHED, str(student), user_config={"max_batch_size": 1}), False),
-            (Variant(TEACHER, str(teacher)), False),
-            (Variant(REFERENCE, str(student), scorer_env={"DIEN_KERNEL": "reference"}), False)]
+def variants(student: str | Path, teacher: str | Path, chosen: tuple[str, ...] = ()) -> list[tuple[Variant, bool]]:
+    """The Ray Serve variants of local mode (those named in ``chosen``, or all), each with whether it is
+    measured at every request size (else at :data:`PEER_SIZE`)."""
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variant {unknown[0]!r}; the variants are: {', '.join(VARIANTS)}")
+    every = [(Variant(NOOP, None), True),
+             (Variant(STUDENT, str(student)), True),
+             (Variant(IN_INGRESS, str(student), in_ingress=True), True),
+             (Variant(PER_CORE, str(student), in_ingress=True, replicas=os.cpu_count() or 1), True),
+             (Variant(UNBATCHED, str(student), user_config={"max_batch_size": 1}), False),
+             (Variant(TEACHER, str(teacher)), False),
+             (Variant(REFERENCE, str(student), scorer_env={"DIEN_KERNEL": "reference"}), False)]
+    return [(v, sized) for v, sized in every if not chosen or v.name in chosen]
 
 
 def run_local(config: QpsConfig) -> QpsReport:
@@ -272,8 +280,8 @@ def run_local(config: QpsConfig) -> QpsReport:
     started = time.monotonic()
     report = QpsReport(config=asdict(config), environment=_environment(config))
     base = load_config(config.serve_config)
-    needed = logical_cpus(variants_config(base, [v for v, _ in variants(config.inputs.student,
-                                                                         config.inputs.teacher)], "."))
+    measured = variants(config.inputs.student, config.inputs.teacher, config.variants)
+    needed = logical_cpus(variants_config(base, [v for v, _ in measured], "."))
     own_ray = not ray.is_initialized()
     if own_ray:
         os.environ.update(PROXY_ENVIRONMENT)  # measured as it is shipped: the proxy's request guard on
@@ -303,7 +311,8 @@ def run_local(config: QpsConfig) -> QpsReport:
         report.breakdown = request_path_breakdown(student, data, workloads[peer_size])
         logger.info("offline (1 thread): %s candidates/s; request path at %d candidates: %s ms",
                     {n: round(r) for n, r in report.offline.items()}, peer_size, report.breakdown)
-        _measure_variants(config, report, base, data, workloads, variants(student, teacher), student)
+        _measure_variants(config, report, base, data, workloads, variants(student, teacher, config.variants),
+                          student)
     finally:
         if own_ray:
             ray.shutdown()
@@ -334,7 +343,8 @@ def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any]
     try:
         deployed = variants_config(base, [v for v, _ in measured], data)
         began = time.monotonic()
-        server.deploy(deployed)
+        if measured:
+            server.deploy(deployed)
         logger.info("deployed %d applications in %.1f s", len(measured), time.monotonic() - began)
         urls = {variant.name: server.url_of(app) for (variant, _), app in zip(measured, deployed["applications"])}
         sized = {variant.name: every for variant, every in measured}
@@ -344,7 +354,7 @@ def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any]
                 peers.append((PLAIN_PEER, PlainServerConfig("deepctr_dien", str(data))))
             else:
                 logger.warning("DeepCTR-Torch is not installed (pip install -e '.[peers]'): its variant is skipped")
-            for name, peer in peers:
+            for name, peer in [(n, p) for n, p in peers if not config.variants or n in config.variants]:
                 plain.append(PlainServer(peer, port=free_port()))
                 urls[name], sized[name] = plain[-1].url, False
 
