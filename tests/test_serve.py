@@ -363,6 +363,18 @@ def test_the_item_table_fills_and_corrects_categories(offline, catalog):
                                                          "candidates[5].category"]
     assert "item table" in rejected.errors[2][0]["message"]
 
+    # A history's positions are the sent ones: the oldest behaviors, cut at max_len, have no say.
+    extra = 3
+    known = catalog[:-2]
+    long_history = (known * (artifact.max_len // len(known) + 2))[:artifact.max_len + extra]
+    first, second = sorted(other)[:2]
+    contradicting = [{**h, "category": first if h["category"] != first else second} if i in (0, extra + 1) else h
+                     for i, h in enumerate(long_history)]
+    rejected = score_jobs(artifact.model, vocabulary, artifact.max_len, [jobs[0], job(right, contradicting)],
+                          category_conflict="reject")
+    assert rejected.errors == [[], [{"field": f"history[{extra + 1}].category",
+                                     "message": rejected.errors[1][0]["message"]}]]
+
     no_table = ModelVocabulary(artifact.items, artifact.categories, None)
     missing = score_jobs(artifact.model, no_table, artifact.max_len, [jobs[1]])
     assert [e["field"] for e in missing.errors[0]][:2] == ["candidates[0].category", "candidates[1].category"]

@@ -146,6 +146,10 @@ class ScorerConfig(BaseModel):
     max_chunk_candidates: PositiveInt = 4096
     """Candidates run through attention, AUGRU and the MLP at once; bounds a batch's peak memory
     (about chunk x max_len x (hidden + 36) x 4 bytes per intermediate)."""
+    score_in_thread: bool = False
+    """Score each batch in a worker thread, the replica's event loop free meanwhile to take requests (for a GPU
+    scorer, whose batches mostly wait on the device). False scores on the event loop: on CPU the thread only adds
+    a hop and contention with the loop for the GIL, and requests arriving meanwhile simply join the next batch."""
     history_cache_mb: float = Field(64.0, ge=0, allow_inf_nan=False)
     """Memory for the encodings of recently scored histories (interest states and the AUGRU's input
     projections; about max_len x 5 x hidden x 4 bytes each), reused exactly by a user's repeat request; 0 turns

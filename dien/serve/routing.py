@@ -46,6 +46,8 @@ class Router:
 
     def route(self, user_id: str | None) -> str:
         """The version that answers a request of ``user_id`` (None: at random, by the shares)."""
+        if len(self.shares) == 1:
+            return self.primary
         point = unit_hash(user_id, self.SPLIT_SALT) if user_id is not None else random.random()
         return list(self.shares)[int(np.searchsorted(self._bounds, point, side="right"))]
 

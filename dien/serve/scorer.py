@@ -120,8 +120,10 @@ class BatchScorer:
     async def score(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
         """Called with one :class:`ScoreJob`; Serve collects concurrent calls into ``jobs``."""
         started = time.perf_counter()
-        # A worker thread keeps the replica's event loop free to queue the next batch meanwhile.
-        scored = await asyncio.to_thread(self._score_now, jobs)
+        if self.config.score_in_thread:
+            scored = await asyncio.to_thread(self._score_now, jobs)
+        else:
+            scored = self._score_now(jobs)
         elapsed_ms = (time.perf_counter() - started) * 1000
         candidates = sum(len(s) for s in scored.scores)
         self._batch_requests.observe(len(jobs))

@@ -12,10 +12,8 @@ from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from dien.data.batch import pad_lists
 from dien.data.vocab import OUT_OF_VOCABULARY, RESERVED, Vocabulary
 from dien.model import CTRModel
 from dien.model.base import HistoryEncoding
@@ -186,60 +184,94 @@ class BatchScores:
 
 
 @dataclass
-class _EncodedJob:
+class _EncodedJobs:
+    """R jobs' ids, each kind concatenated over the jobs: histories (after truncation to ``max_len``) and
+    candidates, with each job's bounds. One vocabulary pass per batch, not per job: per job, the NumPy calls
+    would cost more than the lookups."""
+
     hist_item: np.ndarray
+    """[sum of L_j] int64"""
     hist_cat: np.ndarray
+    hist_bounds: np.ndarray
+    """[R + 1] job j's behaviors are ``hist_item[hist_bounds[j]:hist_bounds[j + 1]]``."""
     target_item: np.ndarray
+    """[sum of C_j] int64"""
     target_cat: np.ndarray
-    corrected: np.ndarray
-    errors: list[dict[str, str]]
+    target_bounds: np.ndarray
+    conflicts: np.ndarray
+    """[sum of C_j] bool: the sent category contradicts the item table's."""
+    errors: list[list[dict[str, str]]]
+    """Per job, the problems that make it unscorable."""
+
+    def history(self, job: int) -> tuple[np.ndarray, np.ndarray]:
+        span = slice(self.hist_bounds[job], self.hist_bounds[job + 1])
+        return self.hist_item[span], self.hist_cat[span]
+
+    def split(self, values: np.ndarray) -> list[np.ndarray]:
+        """Per-candidate ``values`` [sum of C_j] as one array per job."""
+        return np.split(values, self.target_bounds[1:-1])
+
+
+def _bounds(lengths: list[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
 
 
 def _field_errors(where: str, mask: np.ndarray, message: str, offset: int = 0) -> list[dict[str, str]]:
     return [{"field": f"{where}[{int(i) + offset}].category", "message": message} for i in np.flatnonzero(mask)]
 
 
-def _encode_job(vocabulary: ModelVocabulary, job: ScoreJob, max_len: int, category_conflict: str) -> _EncodedJob:
-    keep = max(len(job.history_items) - max_len, 0)
-    hist_item = vocabulary.items.encode(job.history_items[keep:])
-    hist_cat, hist_conflicts, hist_missing = vocabulary.resolve_categories(hist_item, job.history_cats[keep:])
-    target_item = vocabulary.items.encode(job.candidate_items)
-    target_cat, conflicts, missing = vocabulary.resolve_categories(target_item, job.candidate_cats)
-    errors = []
+def _encode_jobs(vocabulary: ModelVocabulary, jobs: Sequence[ScoreJob], max_len: int,
+                 category_conflict: str) -> _EncodedJobs:
+    keeps = [max(len(job.history_items) - max_len, 0) for job in jobs]
+    hist_bounds = _bounds([len(job.history_items) - keep for job, keep in zip(jobs, keeps)])
+    target_bounds = _bounds([len(job.candidate_items) for job in jobs])
+    hist_item = vocabulary.items.encode([t for job, keep in zip(jobs, keeps) for t in job.history_items[keep:]])
+    hist_cat, hist_conflicts, hist_missing = vocabulary.resolve_categories(
+        hist_item, [c for job, keep in zip(jobs, keeps) for c in job.history_cats[keep:]])
+    target_item = vocabulary.items.encode([t for job in jobs for t in job.candidate_items])
+    target_cat, conflicts, missing = vocabulary.resolve_categories(
+        target_item, [c for job in jobs for c in job.candidate_cats])
+    errors: list[list[dict[str, str]]] = [[] for _ in jobs]
+    checks = []
     if vocabulary.item_categories is None:
-        no_table = "required: this model has no item table to look the item's category up in"
-        errors += _field_errors("candidates", missing, no_table)
-        if job.history_from_request:
-            errors += _field_errors("history", hist_missing, no_table, keep)
+        checks.append(("required: this model has no item table to look the item's category up in",
+                       missing, hist_missing))
     if category_conflict == "reject":
-        contradicts = "contradicts the model's item table (send the item's own category, or none)"
-        errors += _field_errors("candidates", conflicts, contradicts)
-        if job.history_from_request:
-            errors += _field_errors("history", hist_conflicts, contradicts, keep)
-    return _EncodedJob(hist_item, hist_cat, target_item, target_cat, np.flatnonzero(conflicts), errors)
+        checks.append(("contradicts the model's item table (send the item's own category, or none)",
+                       conflicts, hist_conflicts))
+    for message, candidate_mask, history_mask in checks:
+        if not (candidate_mask.any() or history_mask.any()):
+            continue
+        for j, (job, keep) in enumerate(zip(jobs, keeps)):
+            errors[j] += _field_errors("candidates", candidate_mask[target_bounds[j]:target_bounds[j + 1]], message)
+            if job.history_from_request:
+                errors[j] += _field_errors("history", history_mask[hist_bounds[j]:hist_bounds[j + 1]], message,
+                                           keep)
+    return _EncodedJobs(hist_item, hist_cat, hist_bounds, target_item, target_cat, target_bounds, conflicts, errors)
 
 
 def _padded(rows: list[np.ndarray]) -> np.ndarray:
     """[R, max length] left-aligned, zero-padded ids of ``rows``."""
-    lengths = np.array([len(r) for r in rows], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    padded, _ = pad_lists(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int64())))
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    padded = np.zeros((len(rows), int(lengths.max(initial=0))), dtype=np.int64)
+    if rows:
+        padded[np.arange(padded.shape[1]) < lengths[:, None]] = np.concatenate(rows)
     return padded
 
 
-def _encode_histories(model: CTRModel, histories: list[_EncodedJob], device: torch.device | str,
+def _encode_histories(model: CTRModel, histories: list[tuple[np.ndarray, np.ndarray]], device: torch.device | str,
                       cache: HistoryEncodingCache | None) -> HistoryEncoding:
-    """One encoding of ``histories`` [U]: all computed, or those the cache lacks computed and cached."""
-    def encoded(rows: list[_EncodedJob]) -> HistoryEncoding:
-        lengths = torch.from_numpy(np.array([len(e.hist_item) for e in rows], dtype=np.int64))
-        return model.encode_history(torch.from_numpy(_padded([e.hist_item for e in rows])).to(device),
-                                    torch.from_numpy(_padded([e.hist_cat for e in rows])).to(device),
+    """One encoding of ``histories`` [U] (item ids, category ids): all computed, or those the cache lacks
+    computed and cached."""
+    def encoded(rows: list[tuple[np.ndarray, np.ndarray]]) -> HistoryEncoding:
+        lengths = torch.from_numpy(np.fromiter((len(items) for items, _ in rows), dtype=np.int64, count=len(rows)))
+        return model.encode_history(torch.from_numpy(_padded([items for items, _ in rows])).to(device),
+                                    torch.from_numpy(_padded([cats for _, cats in rows])).to(device),
                                     lengths.to(device))
 
     if cache is None:
         return encoded(histories)
-    keys = [cache.key(e.hist_item, e.hist_cat) for e in histories]
+    keys = [cache.key(items, cats) for items, cats in histories]
     rows = [cache.get(key) for key in keys]
     missing = [i for i, row in enumerate(rows) if row is None]
     if missing:
@@ -264,18 +296,19 @@ def score_jobs(model: CTRModel, vocabulary: ModelVocabulary, max_len: int, jobs:
     """
     if category_conflict not in CATEGORY_CONFLICTS:
         raise ValueError(f"category_conflict must be one of {', '.join(CATEGORY_CONFLICTS)}, got {category_conflict!r}")
-    encoded = [_encode_job(vocabulary, job, max_len, category_conflict) for job in jobs]
+    encoded = _encode_jobs(vocabulary, jobs, max_len, category_conflict)
     distinct: dict[tuple[bytes, bytes], int] = {}
-    histories: list[_EncodedJob] = []
-    history_of = np.empty(len(encoded), dtype=np.int64)
-    for i, e in enumerate(encoded):
-        history_of[i] = distinct.setdefault((e.hist_item.tobytes(), e.hist_cat.tobytes()), len(distinct))
-        if history_of[i] == len(histories):
-            histories.append(e)
-    lengths = np.array([len(e.hist_item) for e in histories], dtype=np.int64)
-    counts = np.array([len(job.candidate_items) for job in jobs], dtype=np.int64)
-    target_item = torch.from_numpy(np.concatenate([e.target_item for e in encoded]))
-    target_cat = torch.from_numpy(np.concatenate([e.target_cat for e in encoded]))
+    histories: list[tuple[np.ndarray, np.ndarray]] = []
+    history_of = np.empty(len(jobs), dtype=np.int64)
+    for j in range(len(jobs)):
+        items, cats = encoded.history(j)
+        history_of[j] = distinct.setdefault((items.tobytes(), cats.tobytes()), len(distinct))
+        if history_of[j] == len(histories):
+            histories.append((items, cats))
+    lengths = np.diff(encoded.hist_bounds)
+    counts = np.diff(encoded.target_bounds)
+    target_item = torch.from_numpy(encoded.target_item)
+    target_cat = torch.from_numpy(encoded.target_cat)
     request_of = torch.from_numpy(np.repeat(history_of, counts))
     probabilities = torch.empty(int(counts.sum()), dtype=torch.float32)
     with torch.inference_mode():
@@ -285,9 +318,11 @@ def score_jobs(model: CTRModel, vocabulary: ModelVocabulary, max_len: int, jobs:
             logits = model.score(history.select(request_of[chunk].to(device), model.score_reads),
                                  target_item[chunk].to(device), target_cat[chunk].to(device))
             probabilities[chunk] = torch.sigmoid(logits).float().cpu()
-    bounds = np.cumsum(counts)[:-1]
-    return BatchScores(scores=np.split(probabilities.numpy(), bounds), history_lengths=lengths[history_of],
-                       unknown_candidates=[np.flatnonzero(e.target_item == OUT_OF_VOCABULARY) for e in encoded],
-                       corrected_categories=[e.corrected if category_conflict == "ignore" else e.corrected[:0]
-                                             for e in encoded],
-                       errors=[e.errors for e in encoded], distinct_histories=len(distinct))
+    # Rejected conflicts are errors, not corrections.
+    corrected = [np.flatnonzero(c) if category_conflict == "ignore" else np.zeros(0, np.int64)
+                 for c in encoded.split(encoded.conflicts)]
+    return BatchScores(scores=encoded.split(probabilities.numpy()), history_lengths=lengths,
+                       unknown_candidates=[np.flatnonzero(items == OUT_OF_VOCABULARY)
+                                           for items in encoded.split(encoded.target_item)],
+                       corrected_categories=corrected,
+                       errors=encoded.errors, distinct_histories=len(distinct))
