@@ -231,7 +231,8 @@ def closed(candidates: int, concurrency: int, rps: float, p99: float = 50.0) -> 
 
 
 def test_goals_take_the_better_of_our_two_deployments_and_compare_like_with_like():
-    report = QpsReport(config={}, environment={}, offline={500: 40_000.0}, rows=[
+    report = QpsReport(config={}, environment={}, offline={100: 30_000.0, 500: 40_000.0}, offline_unbatched=20_000.0,
+                       rows=[
         Row(NOOP, closed(1, 8, 200)), Row(NOOP, closed(1, 32, 250)),
         Row(STUDENT, closed(1, 8, 150)), Row(IN_INGRESS, closed(1, 32, 180)),
         Row(STUDENT, closed(100, 16, 120)), Row(IN_INGRESS, closed(100, 16, 150)), Row(IN_INGRESS, closed(100, 64, 160)),
@@ -245,7 +246,7 @@ def test_goals_take_the_better_of_our_two_deployments_and_compare_like_with_like
     assert latency.met and "p99 90 ms at ~80 req/s" in latency.measured  # half of the best 160 req/s
     assert offline.met and "22,500 vs 40,000 candidates/s offline = 56%" in offline.measured
     assert share.met and "180 vs 250 req/s = 72%" in share.measured
-    assert batching.met and "120 vs 60 req/s = 2.00x" in batching.measured
+    assert batching.met and "120 vs 60 req/s = 2.00x; the model alone, offline: 1.50x" in batching.measured
     report.rows[5] = Row(IN_INGRESS, closed(100, 16, 100))
     assert not check_goals(report, (1, 100, 500))[0].met  # 12,000 (the Scorer deployment) is 4.8x
     report.offline[500] = 50_000.0
@@ -289,6 +290,7 @@ def test_the_benchmark_deploys_every_variant_measures_it_and_writes_its_outputs(
     assert report.models[TEACHER]["hidden"] == 16 and report.models[STUDENT]["hidden"] == 8
     assert [g.name.split()[0] for g in report.goals] == ["ours"]  # only 1 candidate measured of the goals' sizes
     assert set(report.offline) == {1, 3} and all(rate > 0 for rate in report.offline.values())
+    assert report.offline_unbatched > 0
     assert {"json_parse", "validate", "build_job", "score", "response"} <= set(report.breakdown)
 
     paths = write_outputs(report, config.out)

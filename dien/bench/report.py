@@ -63,7 +63,8 @@ def context_lines(report: QpsReport) -> list[str]:
     lines = []
     if report.offline:
         lines.append("offline scoring (one thread, no HTTP), candidates/s: "
-                     + ", ".join(f"{n} cand {rate:,.0f}" for n, rate in sorted(report.offline.items())))
+                     + ", ".join(f"{n} cand {rate:,.0f}" for n, rate in sorted(report.offline.items()))
+                     + (f"; one request per batch: {report.offline_unbatched:,.0f}" if report.offline_unbatched else ""))
     if report.breakdown:
         lines.append("request path in-process, ms per request: "
                      + ", ".join(f"{step} {ms:.3f}" for step, ms in report.breakdown.items()))

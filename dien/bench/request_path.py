@@ -46,20 +46,20 @@ class _Path:
         return score_jobs(self.artifact.model, self.vocabulary, self.artifact.max_len, jobs, cache=cache)
 
 
-def _batches(jobs: list[ScoreJob]) -> list[list[ScoreJob]]:
-    return [jobs[i:i + BATCH_REQUESTS] for i in range(0, len(jobs), BATCH_REQUESTS)]
+def _batches(jobs: list[ScoreJob], size: int = BATCH_REQUESTS) -> list[list[ScoreJob]]:
+    return [jobs[i:i + size] for i in range(0, len(jobs), size)]
 
 
 def offline_candidates_per_s(model: str | Path, data: str | Path, workload: Workload, requests: int = 128,
-                             repeats: int = 3) -> float:
+                             repeats: int = 3, batch_requests: int = BATCH_REQUESTS) -> float:
     """Candidates/s of :func:`score_jobs` on the workload's first ``requests`` bodies in batches of
-    :data:`BATCH_REQUESTS`, one torch thread, best of ``repeats``: the scorer's work without any HTTP."""
+    ``batch_requests``, one torch thread, best of ``repeats``: the scorer's work without any HTTP."""
     path = _Path(model, data)
     jobs = [path.job(path.request_model.model_validate_json(b)) for b in workload.bodies[:requests]]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        seconds = best_seconds(lambda: [path.score(batch) for batch in _batches(jobs)], repeats)
+        seconds = best_seconds(lambda: [path.score(batch) for batch in _batches(jobs, batch_requests)], repeats)
     finally:
         torch.set_num_threads(threads)
     return sum(len(j.candidate_items) for j in jobs) / seconds
