@@ -40,12 +40,16 @@ def pad_lists(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarra
     """A list<int> column as a left-aligned zero-padded matrix [N, max length] and its lengths [N]."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    offsets = column.offsets.to_numpy()
-    lengths = np.diff(offsets).astype(np.int64)
-    width = int(lengths.max()) if len(lengths) else 0
-    padded = np.zeros((len(lengths), width), dtype=np.int64)
-    padded[np.arange(width) < lengths[:, None]] = column.flatten().to_numpy(zero_copy_only=False)
-    return padded, lengths
+    lengths = np.diff(column.offsets.to_numpy()).astype(np.int64)
+    return pad_flat(column.flatten().to_numpy(zero_copy_only=False), lengths), lengths
+
+
+def pad_flat(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rows of ``lengths`` [N] laid end to end in ``values`` [sum of lengths] as a left-aligned zero-padded
+    int64 matrix [N, max length]."""
+    padded = np.zeros((len(lengths), int(lengths.max(initial=0))), dtype=np.int64)
+    padded[np.arange(padded.shape[1]) < lengths[:, None]] = values
+    return padded
 
 
 def collate(rows: pa.Table | pa.RecordBatch) -> Batch:

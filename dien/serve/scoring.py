@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from dien.data.batch import pad_flat
 from dien.data.vocab import OUT_OF_VOCABULARY, RESERVED, Vocabulary
 from dien.model import CTRModel
 from dien.model.base import HistoryEncoding
@@ -253,10 +254,7 @@ def _encode_jobs(vocabulary: ModelVocabulary, jobs: Sequence[ScoreJob], max_len:
 def _padded(rows: list[np.ndarray]) -> np.ndarray:
     """[R, max length] left-aligned, zero-padded ids of ``rows``."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    padded = np.zeros((len(rows), int(lengths.max(initial=0))), dtype=np.int64)
-    if rows:
-        padded[np.arange(padded.shape[1]) < lengths[:, None]] = np.concatenate(rows)
-    return padded
+    return pad_flat(np.concatenate(rows) if rows else np.zeros(0, np.int64), lengths)
 
 
 def _encode_histories(model: CTRModel, histories: list[tuple[np.ndarray, np.ndarray]], device: torch.device | str,
