@@ -173,6 +173,7 @@ def test_variants_change_only_what_they_name():
     base = load_config(LOCAL_CONFIG)
     config = variants_config(base, [Variant(NOOP, None),
                                     Variant(UNBATCHED, "artifacts/s", user_config={"max_batch_size": 1},
+                                            forwarding={"max_jobs_per_call": 1},
                                             scorer_env={"DIEN_KERNEL": "reference"}),
                                     Variant(STUDENT, "a", user_config={"max_batch_size": 64})], "data/x")
     assert {k: v for k, v in config.items() if k != "applications"} == \
@@ -181,6 +182,7 @@ def test_variants_change_only_what_they_name():
     assert (noop["name"], noop["route_prefix"]) == ("no-op", "/no-op")
     assert noop["import_path"] == NOOP_IMPORT_PATH
     assert [d["name"] for d in noop["deployments"]] == [INGRESS]
+    assert "user_config" not in noop["deployments"][0]  # it has no Scorer to forward to
     assert noop["args"] == {"limits": base["applications"][0]["args"]["limits"]}
 
     assert (unbatched["name"], unbatched["route_prefix"]) == ("student-batching-off", "/student-batching-off")
@@ -190,6 +192,8 @@ def test_variants_change_only_what_they_name():
     assert scorer["user_config"]["max_batch_size"] == 1
     assert scorer["user_config"]["batch_wait_timeout_s"] == 0.005  # the rest as in the file
     assert scorer["ray_actor_options"] == {"num_cpus": 1, "runtime_env": {"env_vars": {"DIEN_KERNEL": "reference"}}}
+    ingress = next(d for d in unbatched["deployments"] if d["name"] == INGRESS)
+    assert ingress["user_config"]["forwarding"] == {"max_calls_in_flight": 4, "max_jobs_per_call": 1}
     scorer = next(d for d in bigger["deployments"] if d["name"] == SCORER)
     assert scorer["max_ongoing_requests"] >= 64
     assert base == load_config(LOCAL_CONFIG)  # the base is not changed

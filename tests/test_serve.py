@@ -6,6 +6,7 @@ applies it (declaratively, so a ``user_config`` change reaches running replicas)
 (``artifact.model.predict``) on ids made by the library's own encoders (``Vocabulary.encode``,
 ``id_translation``), independent of the serving code's token index.
 """
+import asyncio
 import importlib
 import json
 import math
@@ -40,7 +41,8 @@ from dien.serve.batch_scoring import BatchScoringConfig, score_requests
 from dien.serve.auth import load_tokens
 from dien.serve.deploy import (SERVE_PORT_ENV, DeployError, check_http_port, http_port, serving_problem,
                                with_http_port)
-from dien.serve.config import AuthConfig, IngressConfig, RedisStoreConfig, RoutingConfig, resolve_path
+from dien.serve.config import AuthConfig, ForwardingConfig, IngressConfig, RedisStoreConfig, RoutingConfig, resolve_path
+from dien.serve.forwarding import CallCoalescer
 from dien.serve.history import UserHistoryStore
 from dien.serve.routing import Router
 from dien.serve.history_load import LoadConfig, load_histories
@@ -49,7 +51,7 @@ from dien.bench.redeploy_check import (LoadProbe, config_with_model, rollout_ste
                                       wait_for_version)
 from dien.serve.schemas import MAX_LISTED_ERRORS, metric_field
 from dien.serve.scorer import SCORER, scorer_name
-from dien.serve.scoring import HistoryEncodingCache, ModelVocabulary, ScoreJob, score_jobs
+from dien.serve.scoring import HistoryEncodingCache, ModelVocabulary, ScoreJob, ScoreResult, score_jobs
 from dien.train.evaluate import id_translation
 from conftest import PROXY_BODY_TIMEOUT_S
 from servers import free_port
@@ -315,6 +317,38 @@ def test_cached_history_encodings_score_exactly_as_recomputed_ones(prepared_data
     assert all(key[0] == oracle.version for key in cache._entries)
 
 
+def test_a_failed_call_fails_each_of_its_requests_and_the_next_calls_still_go():
+    def job(request_id: str) -> ScoreJob:
+        return ScoreJob(["i1"], [None], request_id=request_id)
+
+    async def run() -> tuple[list[list[str]], dict[str, Any]]:
+        release = asyncio.Event()
+        sent: list[list[str]] = []
+
+        async def send(group: list[ScoreJob]) -> list[ScoreResult]:
+            sent.append([j.request_id for j in group])
+            await release.wait()
+            if "bad" in sent[-1]:
+                raise ConnectionError("the scorer went away")
+            return [ScoreResult(scores=[float(len(j.request_id))], history_length=0, unknown_candidates=[], model={},
+                                batch_size=len(group)) for j in group]
+
+        coalescer = CallCoalescer(send, ForwardingConfig(max_calls_in_flight=1, max_jobs_per_call=2))
+        tasks = {name: asyncio.create_task(coalescer.submit(job(name))) for name in ("first", "bad", "x", "gone", "yy")}
+        await asyncio.sleep(0.01)
+        assert sent == [["first"]]
+        tasks["gone"].cancel()  # its client hung up while it waited: it is never sent
+        release.set()
+        outcomes = await asyncio.gather(*tasks.values(), return_exceptions=True)
+        return sent, dict(zip(tasks, outcomes))
+
+    sent, outcomes = asyncio.run(run())
+    assert sent == [["first"], ["bad", "x"], ["yy"]]
+    assert all(isinstance(outcomes[name], ConnectionError) for name in ("bad", "x"))
+    assert isinstance(outcomes["gone"], asyncio.CancelledError)
+    assert outcomes["first"].scores == [5.0] and outcomes["yy"].scores == [2.0]
+
+
 def test_the_history_cache_keeps_within_its_bytes_dropping_the_least_recently_used(offline):
     model = offline["a"].artifact.model
     with torch.inference_mode():
@@ -555,6 +589,31 @@ def test_concurrent_requests_share_batches_without_mixing(server, offline, catal
     for i, body in enumerate(bodies):
         assert_scored(responses[i], body, offline["a"])
     assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses.values()) > 1
+
+
+def test_requests_sharing_calls_to_the_scorer_score_as_they_do_alone(server, prepared_dataset, offline, catalog):
+    """The ingress's groups (``CallCoalescer``) in calls to the Scorer deployment: while a call is out the
+    next requests wait, then leave together, and each gets the scores it gets alone."""
+    oracle = offline["a"]
+    users = list(oracle.stored)[:9]
+    bodies = [{"user_id": user, "candidates": catalog[i:i + 3 + i % 4]} for i, user in enumerate(users)]
+    jobs = jobs_for(bodies, UserHistoryStore.load(prepared_dataset.path))
+    handle = serve.get_deployment_handle(SCORER, app_name=APP)
+    calls: list[int] = []
+
+    async def send(group: list[ScoreJob]) -> list[ScoreResult]:
+        calls.append(len(group))
+        return await handle.score.remote(group)
+
+    async def score_all() -> list[ScoreResult]:
+        coalescer = CallCoalescer(send, ForwardingConfig(max_calls_in_flight=1, max_jobs_per_call=5))
+        return await asyncio.gather(*(coalescer.submit(job) for job in jobs))
+
+    results = asyncio.run(score_all())
+    assert calls == [1, 5, 3]
+    assert [r.batch_size for r in results] == [1] + [5] * 5 + [3] * 3
+    for result, body in zip(results, bodies):
+        np.testing.assert_allclose(result.scores, oracle.score(body)[0], rtol=0, atol=1e-5)
 
 
 def test_unknown_user_scores_with_an_empty_history(server, offline, catalog):
@@ -926,6 +985,12 @@ def test_user_config_changes_the_batch_size_without_a_restart(server, offline, c
     for i, body in enumerate(bodies):
         assert_scored(responses[i], body, offline["a"])
     assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses.values()) <= 2
+    # An ingress's group larger than the batch is split, not refused.
+    group = serve.get_deployment_handle(SCORER, app_name=APP).score.remote(
+        jobs_for(bodies[:5], UserHistoryStore.load(prepared_dataset.path))).result()
+    assert [r.batch_size for r in group] == [2, 2, 2, 2, 1]
+    for result, body in zip(group, bodies):
+        np.testing.assert_allclose(result.scores, offline["a"].score(body)[0], rtol=0, atol=1e-5)
 
 
 def test_redeploying_a_new_model_under_load_fails_no_request(server, offline, catalog, artifacts, prepared_dataset):

@@ -38,6 +38,8 @@ class Variant:
     """Model artifact directory; None: the no-op application."""
     user_config: dict[str, Any] = field(default_factory=dict)
     """Scorer ``user_config`` fields that replace the config file's."""
+    forwarding: dict[str, Any] = field(default_factory=dict)
+    """Ingress ``user_config.forwarding`` fields (``ForwardingConfig``) that replace the config file's."""
     scorer_env: dict[str, str] = field(default_factory=dict)
     """Environment variables of the scorer replicas (``runtime_env.env_vars``)."""
     in_ingress: bool = False
@@ -79,7 +81,8 @@ def variant_app(base: dict[str, Any], variant: Variant, history: str | Path) -> 
     if variant.is_noop:
         app["import_path"] = NOOP_IMPORT_PATH
         app["args"] = {"limits": app.get("args", {}).get("limits", {})}
-        app["deployments"] = [_deployment(app, INGRESS)]
+        # The no-op ingress forwards nothing: the Ingress's user_config (forwarding to a Scorer) is not its own.
+        app["deployments"] = [{k: v for k, v in _deployment(app, INGRESS).items() if k != "user_config"}]
         return app
     app["args"] = {**app.get("args", {}), "model": str(Path(variant.model).resolve()),
                    "history": str(Path(history).resolve())}
@@ -88,6 +91,10 @@ def variant_app(base: dict[str, Any], variant: Variant, history: str | Path) -> 
     batch = scorer["user_config"].get("max_batch_size")
     if batch is not None and scorer.get("max_ongoing_requests", batch) < batch:
         scorer["max_ongoing_requests"] = batch  # Serve warns otherwise, and a batch could never fill
+    if variant.forwarding:
+        ingress = _deployment(app, INGRESS)
+        ingress_config = ingress.setdefault("user_config", {})
+        ingress_config["forwarding"] = {**ingress_config.get("forwarding", {}), **variant.forwarding}
     if variant.in_ingress:
         ingress = _deployment(app, INGRESS)
         ingress["user_config"] = scorer["user_config"]

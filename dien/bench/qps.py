@@ -80,6 +80,9 @@ REFERENCE = "student, reference kernels"
 PLAIN = "student, uvicorn (no Ray)"
 PLAIN_PEER = "DeepCTR-Torch DIEN, uvicorn"
 TARGET = "target"
+UNSHARED_CALLS = {"max_jobs_per_call": 1, "max_calls_in_flight": 256}
+"""The Ingress's forwarding with batching off: a call to the scorer per request, none held back (256: the
+Ingress's ``max_ongoing_requests``)."""
 OURS = (STUDENT, IN_INGRESS, PER_CORE)
 """The student's Serve deployments: the goals take the best of them."""
 PEER_SIZE = 100
@@ -272,7 +275,7 @@ def variants(student: str | Path, teacher: str | Path, chosen: tuple[str, ...] =
              (Variant(STUDENT, str(student)), True),
              (Variant(IN_INGRESS, str(student), in_ingress=True), True),
              (Variant(PER_CORE, str(student), in_ingress=True, replicas=os.cpu_count() or 1), True),
-             (Variant(UNBATCHED, str(student), user_config={"max_batch_size": 1}), False),
+             (Variant(UNBATCHED, str(student), user_config={"max_batch_size": 1}, forwarding=UNSHARED_CALLS), False),
              (Variant(TEACHER, str(teacher)), False),
              (Variant(REFERENCE, str(student), scorer_env={"DIEN_KERNEL": "reference"}), False)]
     return [(v, sized) for v, sized in every if not chosen or v.name in chosen]

@@ -187,17 +187,34 @@ class RoutingConfig(BaseModel):
             raise ValueError("routing.split gives no version any weight: at least one must be above 0")
 
 
+class ForwardingConfig(BaseModel):
+    """How an ingress replica sends requests to a Scorer deployment (``scoring: separate``): the requests that
+    arrive while its calls are out leave together in the next one (``dien.serve.forwarding``)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    max_calls_in_flight: PositiveInt = 4
+    """Calls to one version's Scorer deployment an ingress replica has outstanding at once; at least its
+    replica count, so that none idles while requests wait here."""
+    max_jobs_per_call: PositiveInt = 16
+    """Most requests one call carries (1: a call per request). The Scorer scores them in batches of its own
+    ``max_batch_size``, merged with other calls'."""
+
+
 class IngressConfig(ScorerConfig):
-    """The Ingress deployment's ``user_config``: ``routing``, and with ``scoring: in_ingress`` the scorer
-    settings of :class:`ScorerConfig` (with a Scorer deployment those belong in its own ``user_config``)."""
+    """The Ingress deployment's ``user_config``: ``routing``, ``forwarding`` with Scorer deployments, and with
+    ``scoring: in_ingress`` the scorer settings of :class:`ScorerConfig` (with a Scorer deployment those belong
+    in its own ``user_config``)."""
 
     routing: RoutingConfig = RoutingConfig()
     """Traffic split and shadows between the versions of ``args.model``."""
+    forwarding: ForwardingConfig = ForwardingConfig()
+    """How requests share the calls to the Scorer deployments (``scoring: separate`` only)."""
 
     def scorer_settings(self) -> dict[str, object] | None:
         """The :class:`ScorerConfig` fields this config sets; None when it sets none."""
-        chosen = self.model_fields_set - {"routing"}
-        return self.model_dump(exclude={"routing"}) if chosen else None
+        chosen = self.model_fields_set - {"routing", "forwarding"}
+        return self.model_dump(exclude={"routing", "forwarding"}) if chosen else None
 
 
 def resolve_path(value: str, what: str) -> Path:

@@ -24,12 +24,11 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ray.exceptions import RayActorError
-
 from dien.artifacts import load_artifact
 from dien.serve.auth import TokenAuth, load_tokens
 from dien.serve.config import (IngressConfig, RedisStoreConfig, RoutingConfig, ScorerConfig, ServeArgs,
                                SnapshotStoreConfig, resolve_path)
+from dien.serve.forwarding import RemoteScorer, ScorerUnavailable
 from dien.serve.history import (BehaviorEvent, HistoryStore, HistoryStoreError, ReadOnlyStore, StoreUnavailable,
                                 UserHistoryStore)
 from dien.serve.redis_history import RedisHistoryStore
@@ -61,36 +60,6 @@ def open_history_store(config: str | SnapshotStoreConfig | RedisStoreConfig | No
     return UserHistoryStore.load(resolve_path(path, "user history"))
 
 
-class ScorerUnavailable(Exception):
-    """The scorer replica died with the request and the retry found none either: a 503, never a 500."""
-
-
-class RemoteScorer:
-    """The scorer deployment behind a handle (``scoring: separate``)."""
-
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self.handle = handle
-
-    async def score(self, job: ScoreJob) -> ScoreResult:
-        """Scoring is idempotent: a request whose replica died is sent once more (the router picks a live
-        replica, or waits for the replacement); a second death is :class:`ScorerUnavailable`."""
-        try:
-            return await self.handle.score.remote(job)
-        except RayActorError as first:
-            logger.warning("scorer replica died with request %s (%s); retrying once", job.request_id,
-                           type(first).__name__)
-            try:
-                return await self.handle.score.remote(job)
-            except RayActorError as second:
-                raise ScorerUnavailable(f"the scorer did not answer: {type(second).__name__}; retry") from second
-
-    async def ready(self) -> dict[str, str]:
-        return await self.handle.ready.remote()
-
-    async def model_info(self) -> dict[str, Any]:
-        return await self.handle.model_info.remote()
-
-
 class InProcessScorer:
     """A :class:`BatchScorer` in the ingress's own process (``scoring: in_ingress``): the same calls, no hop."""
 
@@ -98,7 +67,7 @@ class InProcessScorer:
         self.scorer = scorer
 
     async def score(self, job: ScoreJob) -> ScoreResult:
-        return await self.scorer.score(job)
+        return (await self.scorer.score([job]))[0]
 
     async def ready(self) -> dict[str, str]:
         return self.scorer.ready()
@@ -201,13 +170,20 @@ class Ingress:
         scorer_settings = config.scorer_settings()
         if scorer_settings is not None and self.in_process is None:
             raise ValueError("the Ingress's user_config takes scorer settings only with scoring: in_ingress; put "
-                             f"{', '.join(sorted(config.model_fields_set - {'routing'}))} in the Scorer "
-                             "deployments' user_config")
+                             f"{', '.join(sorted(config.model_fields_set - {'routing', 'forwarding'}))} in the "
+                             "Scorer deployments' user_config")
+        if "forwarding" in config.model_fields_set and self.in_process is not None:
+            raise ValueError("the Ingress's user_config takes forwarding only with scoring: separate (with "
+                             "in_ingress no request leaves the replica): remove it")
         router = Router(config.routing, list(self.scorers))
         for scorer in (self.in_process or {}).values():
             scorer.reconfigure(scorer_settings or ScorerConfig().model_dump())
+        if self.in_process is None:
+            for scorer in self.scorers.values():
+                scorer.reconfigure(config.forwarding)
         self.router = router
-        logger.info("Ingress routing: %s", router.describe())
+        logger.info("Ingress routing: %s%s", router.describe(),
+                    "" if self.in_process is not None else f"; forwarding: {config.forwarding.model_dump()}")
 
     async def history_of(self, user_id: str) -> tuple[list[str | None], list[str | None]]:
         """The stored history of ``user_id``, empty for an unknown user."""

@@ -99,8 +99,8 @@ class BatchScorer:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a ``user_config`` (:class:`ScorerConfig`) to the running replica."""
         config = ScorerConfig.model_validate(user_config)
-        self.score.set_max_batch_size(config.max_batch_size)
-        self.score.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._score_batch.set_max_batch_size(config.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         torch.set_num_threads(config.torch_threads)
         cache_bytes = int(config.history_cache_mb * 2**20)
         if cache_bytes == 0:
@@ -116,9 +116,21 @@ class BatchScorer:
         return score_jobs(self.artifact.model, self.vocabulary, self.artifact.max_len, jobs, self.device,
                           self.config.max_chunk_candidates, self.category_conflict, self.cache)
 
-    @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s)
     async def score(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
-        """Called with one :class:`ScoreJob`; Serve collects concurrent calls into ``jobs``."""
+        """Scores ``jobs`` (one request, or an ingress's group of them) in batches of at most ``max_batch_size``
+        requests, merged with the jobs of concurrent calls."""
+        size = self.config.max_batch_size
+        groups = await asyncio.gather(*(self._score_batch(jobs[start:start + size])
+                                        for start in range(0, len(jobs), size)))
+        return [result for group in groups for result in group]
+
+    # Counts requests, not calls. A lone call always fits, so that a max_batch_size lowered by reconfigure
+    # while a group waits here scores it rather than failing it (Serve refuses an item larger than the batch).
+    @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s,
+                 batch_size_fn=lambda calls: sum(map(len, calls)) if len(calls) > 1 else 1)
+    async def _score_batch(self, calls: list[list[ScoreJob]]) -> list[list[ScoreResult]]:
+        """Called with a list of jobs; Serve collects concurrent calls into ``calls``."""
+        jobs = [job for call in calls for job in call]
         started = time.perf_counter()
         if self.config.score_in_thread:
             scored = await asyncio.to_thread(self._score_now, jobs)
@@ -130,14 +142,16 @@ class BatchScorer:
         self._batch_candidates.observe(candidates)
         self._batch_latency.observe(elapsed_ms)
         self._candidates_scored.inc(candidates)
-        logger.debug("scored %d requests (%d distinct histories), %d candidates in %.1f ms: %s", len(jobs),
-                     scored.distinct_histories, candidates, elapsed_ms,
+        logger.debug("scored %d requests in %d calls (%d distinct histories), %d candidates in %.1f ms: %s",
+                     len(jobs), len(calls), scored.distinct_histories, candidates, elapsed_ms,
                      " ".join(job.request_id for job in jobs))
-        return [ScoreResult(scores=[] if errors else s.tolist(), history_length=int(n), unknown_candidates=u.tolist(),
-                            model=self.model_ref, batch_size=len(jobs), corrected_categories=c.tolist(),
-                            errors=errors)
-                for s, n, u, c, errors in zip(scored.scores, scored.history_lengths, scored.unknown_candidates,
-                                              scored.corrected_categories, scored.errors)]
+        results = iter([ScoreResult(scores=[] if errors else s.tolist(), history_length=int(n),
+                                    unknown_candidates=u.tolist(), model=self.model_ref, batch_size=len(jobs),
+                                    corrected_categories=c.tolist(), errors=errors)
+                        for s, n, u, c, errors in zip(scored.scores, scored.history_lengths,
+                                                      scored.unknown_candidates, scored.corrected_categories,
+                                                      scored.errors)])
+        return [[next(results) for _ in call] for call in calls]
 
     def ready(self) -> dict[str, str]:
         """The model's name and version (a cheap liveness probe for the ingress's /healthz)."""
@@ -168,7 +182,7 @@ class BatchScorer:
 
 Scorer = serve.deployment(
     name=SCORER,
-    # Requests queue at the replica for the next batches; a full replica makes callers' routers back off instead.
+    # Calls queue at the replica for the next batches; a full replica makes callers' routers back off instead.
     max_ongoing_requests=8 * _DEFAULTS.max_batch_size,
     user_config=_DEFAULTS.model_dump(),
     ray_actor_options={"num_cpus": 1},
