@@ -816,6 +816,33 @@ def test_scoring_in_the_ingress_gives_the_same_scores_and_rejects_contradicting_
     assert "item table" in rejected.json()["error"]
 
 
+def test_versions_scored_in_one_ingress_keep_their_own_batches(server, offline, catalog, artifacts, prepared_dataset):
+    """With ``scoring: in_ingress`` one replica holds a scorer per version; concurrent requests for both never
+    share a batch (each is scored by its own model)."""
+    main = local_config(artifacts["a"], prepared_dataset.path, **BATCHING).model_dump(mode="json", exclude_unset=True)
+    both = in_ingress_app(artifacts["a"], prepared_dataset.path, "both")
+    both["args"]["model"] = {"default": str(artifacts["a"]), "b": str(artifacts["b"])}
+    server.deploy(ServeDeploySchema.model_validate({**main, "applications": [*main["applications"], both]}))
+    users = list(offline["a"].stored)[30:46]
+    bodies = [{"user_id": u, "candidates": catalog[i:i + 6], "version": "b" if i % 2 else "default"}
+              for i, u in enumerate(users)]
+    start = threading.Barrier(len(bodies))
+    responses: dict[int, requests.Response] = {}
+
+    def fire(i: int) -> None:
+        start.wait()
+        responses[i] = requests.post(f"{server.url}/both/v1/score", json=bodies[i], timeout=60)
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, body in enumerate(bodies):
+        assert_scored(responses[i], body, offline[{"default": "a", "b": "b"}[body["version"]]], label=body["version"])
+    assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses.values()) > 1
+
+
 def redis_app(server, artifacts, prepared_dataset, redis_server, prefix: str, replicas: int = 2) -> str:
     """Deploys, beside the main app, one scoring in its ``replicas`` Ingress replicas with histories in Redis
     (loaded from the dataset under ``prefix``); its URL."""

@@ -75,6 +75,11 @@ class BatchScorer:
                           "label": label}
         self.config = _DEFAULTS
         self.cache: HistoryEncodingCache | None = None
+        # Per instance: serve.batch keeps one queue per decorated function, which a decorated method would share
+        # between instances, and with scoring: in_ingress a replica holds one BatchScorer per version.
+        self._score_batch = serve.batch(max_batch_size=_DEFAULTS.max_batch_size,
+                                        batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s,
+                                        batch_size_fn=self._requests_in)(self._score_calls)
         self._batch_requests = metrics.Histogram(
             "dien_scorer_batch_requests", description="Requests per scored batch.",
             boundaries=exponential_bounds(1, 1024), tag_keys=TAGS)
@@ -124,12 +129,15 @@ class BatchScorer:
                                         for start in range(0, len(jobs), size)))
         return [result for group in groups for result in group]
 
-    # Counts requests, not calls. A lone call always fits, so that a max_batch_size lowered by reconfigure
-    # while a group waits here scores it rather than failing it (Serve refuses an item larger than the batch).
-    @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s,
-                 batch_size_fn=lambda calls: sum(map(len, calls)) if len(calls) > 1 else 1)
-    async def _score_batch(self, calls: list[list[ScoreJob]]) -> list[list[ScoreResult]]:
-        """Called with a list of jobs; Serve collects concurrent calls into ``calls``."""
+    def _requests_in(self, calls: list[list[ScoreJob]]) -> int:
+        """A batch's size in requests. A lone call counts at most a full batch: one split by a larger
+        ``max_batch_size`` than reconfigure has set since is scored, not refused as larger than the batch."""
+        requests = sum(map(len, calls))
+        return min(requests, self.config.max_batch_size) if len(calls) == 1 else requests
+
+    async def _score_calls(self, calls: list[list[ScoreJob]]) -> list[list[ScoreResult]]:
+        """Batched by ``_score_batch``, which is called with a list of jobs and collects concurrent calls into
+        ``calls``."""
         jobs = [job for call in calls for job in call]
         started = time.perf_counter()
         if self.config.score_in_thread:
