@@ -296,10 +296,17 @@ def test_the_benchmark_deploys_every_variant_measures_it_and_writes_its_outputs(
     assert set(report.offline) == {1, 3} and all(rate > 0 for rate in report.offline.values())
     assert report.offline_unbatched > 0
     assert {"json_parse", "validate", "build_job", "score", "response"} <= set(report.breakdown)
+    assert set(report.hop) == {"1", "16"}  # requests per call to the student's Scorer
+    for cost in report.hop.values():
+        assert cost["round_trip_ms"] > cost["score_ms"] > 0
+        assert cost["hop_ms"] == pytest.approx(cost["round_trip_ms"] - cost["score_ms"] - cost["batch_wait_ms"],
+                                               abs=0.01)
+    assert report.hop["1"]["batch_wait_ms"] == 5.0 and report.hop["16"]["batch_wait_ms"] == 0.0
 
     paths = write_outputs(report, config.out)
     saved = json.loads(paths["json"].read_text())
     assert len(saved["results"]) == len(report.rows) and saved["config"]["concurrency"] == [2]
+    assert saved["hop_ms"] == report.hop and "a call to the Scorer deployment" in format_markdown(report)
     assert paths["markdown"].read_text() == format_markdown(report)
     assert "| no-op | 1 | c=2 |" in format_markdown(report)
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"

@@ -21,7 +21,8 @@ DeepCTR-Torch DIEN, uvicorn   DeepCTR-Torch's DIEN behind the same endpoint     
 
 Before the load, the report records the compute limit (the student's offline candidates/s on one thread for
 every request size, :func:`dien.bench.request_path.offline_candidates_per_s`) and where a request's time goes
-in-process (:func:`dien.bench.request_path.request_path_breakdown`).
+in-process (:func:`dien.bench.request_path.request_path_breakdown`); once deployed, what a call to the student's
+Scorer deployment costs beyond its scoring, with one request and with a group (:func:`dien.bench.request_path.hop_cost`).
 
 Every concurrency level of the closed-loop sweep measures the variants one after the other before moving on,
 and so does every open-loop rate (fractions of the batched student's best requests/s): variants compared
@@ -45,6 +46,7 @@ from urllib.parse import urlsplit
 
 import ray
 import requests
+from ray import serve
 
 from dien.bench.deploy import LocalServe, Variant, load_config, logical_cpus, variants_config
 from dien.bench.load import LoadResult, LoadSettings, measure
@@ -52,10 +54,11 @@ from dien.bench.models import SmallModels, ensure_artifact, ensure_dataset
 from dien.bench.peers import available as peer_available
 from dien.bench.plain_server import PlainServer, PlainServerConfig
 from dien.bench.redis_process import free_port
-from dien.bench.request_path import offline_candidates_per_s, request_path_breakdown
+from dien.bench.request_path import hop_cost, offline_candidates_per_s, request_path_breakdown
 from dien.bench.workload import Workload, score_bodies
 from dien.cluster import default_local_cpus
 from dien.serve.proxy_guard import PROXY_ENVIRONMENT
+from dien.serve.scorer import SCORER
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +185,9 @@ class QpsReport:
     """The same at :data:`PEER_SIZE` candidates, one request per batch: the most batching can gain in the model."""
     breakdown: dict[str, float] = field(default_factory=dict)
     """Milliseconds per request of each step of the request path, at :data:`PEER_SIZE` candidates."""
+    hop: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Requests per call -> what one call to the student's Scorer deployment costs, at :data:`PEER_SIZE`
+    candidates (:func:`dien.bench.request_path.hop_cost`)."""
     seconds: float = 0.0
 
     def results(self, variant: str, candidates: int, mode: str = "closed") -> list[LoadResult]:
@@ -198,6 +204,7 @@ class QpsReport:
                 "seconds": round(self.seconds, 1), "offline_candidates_per_s": self.offline,
                 "offline_unbatched_candidates_per_s": self.offline_unbatched,
                 "breakdown_ms": self.breakdown,
+                "hop_ms": self.hop,
                 "goals": [asdict(g) for g in self.goals],
                 "results": [{"variant": r.variant, **r.result.as_dict()} for r in self.rows]}
 
@@ -366,6 +373,12 @@ def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any]
                 urls[name], sized[name] = plain[-1].url, False
 
         _warm_up(urls, workloads[min(config.candidates)])
+        student_app = next((v.app for v, _ in measured if v.name == STUDENT), None)
+        if student_app is not None:
+            report.hop = hop_cost(serve.get_deployment_handle(SCORER, app_name=student_app), student, data,
+                                  workloads[peer_size])
+            logger.info("a call to the Scorer deployment at %d candidates, by requests per call: %s ms", peer_size,
+                        report.hop)
 
         def measure_each(candidates: int, **load: float) -> None:
             for name, every_size in sized.items():

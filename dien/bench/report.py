@@ -68,6 +68,12 @@ def context_lines(report: QpsReport) -> list[str]:
     if report.breakdown:
         lines.append("request path in-process, ms per request: "
                      + ", ".join(f"{step} {ms:.3f}" for step, ms in report.breakdown.items()))
+    if report.hop:
+        lines.append("a call to the Scorer deployment (idle), ms: "
+                     + "; ".join(f"{n} request{'s' if n != '1' else ''}: round trip {c['round_trip_ms']:.2f}, "
+                                 f"scoring {c['score_ms']:.2f}, batch wait {c['batch_wait_ms']:.2f}, hop "
+                                 f"{c['hop_ms']:.2f} ({c['hop_ms_per_request']:.2f} per request)"
+                                 for n, c in report.hop.items()))
     return lines
 
 

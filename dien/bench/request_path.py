@@ -2,15 +2,18 @@
 
 Both run the serving code itself (the ingress's request model, the user-history store, the scorer's
 :func:`dien.serve.scoring.score_jobs`) on the benchmark's request bodies, in this process on one torch thread,
-as one scorer replica runs them: no HTTP, no Serve.
+as one scorer replica runs them: no HTTP, no Serve. :func:`hop_cost` adds the one step that needs Serve: a
+call to a deployed Scorer, against scoring the same jobs here.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+import time
 from typing import Any
 
 import torch
+from ray.serve.handle import DeploymentHandle
 
 from dien.artifacts import load_artifact
 from dien.bench.scoring_cost import best_seconds
@@ -117,3 +120,40 @@ def repeat_request_cost(model: str | Path, data: str | Path, workload: Workload,
     finally:
         torch.set_num_threads(threads)
     return cost
+
+
+def hop_cost(scorer: DeploymentHandle, model: str | Path, data: str | Path, workload: Workload,
+             group_sizes: tuple[int, ...] = (1, BATCH_REQUESTS), calls: int = 40) -> dict[str, dict[str, float]]:
+    """Milliseconds of one call to the deployed ``scorer`` carrying ``g`` requests, for each ``g`` of
+    ``group_sizes``, on an idle deployment: the round trip and scoring the same jobs in this process (medians of
+    ``calls`` of each, alternating), the Scorer's batch wait (a group smaller than its ``max_batch_size`` waits
+    ``batch_wait_timeout_s`` for others), and what is left, the hop (serialization, routing, the actor call and
+    its reply)."""
+    serving = scorer.model_info.remote().result()["serving"]
+    path = _Path(model, data)
+    jobs = [path.job(path.request_model.model_validate_json(b)) for b in workload.bodies[:max(group_sizes)]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        costs = {}
+        for size in group_sizes:
+            group = jobs[:size]
+            scorer.score.remote(group).result()  # the replica's first call of this shape
+            path.score(group)
+            round_trips, scoring = [], []
+            for _ in range(calls):  # alternating, so that both see the machine in the same state
+                started = time.perf_counter()
+                scorer.score.remote(group).result()
+                round_trips.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                path.score(group)
+                scoring.append(time.perf_counter() - started)
+            round_trip_ms, score_ms = (sorted(times)[calls // 2] * 1000 for times in (round_trips, scoring))
+            wait_ms = serving["batch_wait_timeout_s"] * 1000 if size < serving["max_batch_size"] else 0.0
+            hop_ms = round_trip_ms - score_ms - wait_ms
+            costs[str(size)] = {"round_trip_ms": round(round_trip_ms, 3), "score_ms": round(score_ms, 3),
+                                "batch_wait_ms": round(wait_ms, 3), "hop_ms": round(hop_ms, 3),
+                                "hop_ms_per_request": round(hop_ms / size, 3)}
+    finally:
+        torch.set_num_threads(threads)
+    return costs
