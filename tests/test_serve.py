@@ -208,6 +208,23 @@ def assert_scored(response: requests.Response, body: dict[str, Any], oracle: Off
     np.testing.assert_allclose(answer["scores"], expected, rtol=0, atol=1e-5)
 
 
+def post_together(url: str, bodies: list[dict[str, Any]]) -> list[requests.Response]:
+    """POSTs every body to ``url`` from a thread of its own, all released at once; the responses in order."""
+    start = threading.Barrier(len(bodies))
+    responses: list[requests.Response | None] = [None] * len(bodies)
+
+    def fire(i: int) -> None:
+        start.wait()
+        responses[i] = requests.post(url, json=bodies[i], timeout=60)
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return responses
+
+
 # ------------------------------------------------------------------------------------ units (no Serve)
 
 def test_store_returns_every_users_history_as_tokens(prepared_dataset):
@@ -574,21 +591,10 @@ def test_concurrent_requests_share_batches_without_mixing(server, offline, catal
     users = list(offline["a"].stored)[:20]
     bodies = [{"user_id": u, "candidates": [catalog[i] for i in rng.choice(len(catalog), rng.integers(1, 30))]}
               for u in users]
-    start = threading.Barrier(len(bodies))
-    responses: dict[int, requests.Response] = {}
-
-    def fire(i: int) -> None:
-        start.wait()
-        responses[i] = server.post(bodies[i])
-
-    threads = [threading.Thread(target=fire, args=(i,)) for i in range(len(bodies))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    responses = post_together(f"{server.url}/v1/score", bodies)
     for i, body in enumerate(bodies):
         assert_scored(responses[i], body, offline["a"])
-    assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses.values()) > 1
+    assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses) > 1
 
 
 def test_requests_sharing_calls_to_the_scorer_score_as_they_do_alone(server, prepared_dataset, offline, catalog):
@@ -826,21 +832,10 @@ def test_versions_scored_in_one_ingress_keep_their_own_batches(server, offline, 
     users = list(offline["a"].stored)[30:46]
     bodies = [{"user_id": u, "candidates": catalog[i:i + 6], "version": "b" if i % 2 else "default"}
               for i, u in enumerate(users)]
-    start = threading.Barrier(len(bodies))
-    responses: dict[int, requests.Response] = {}
-
-    def fire(i: int) -> None:
-        start.wait()
-        responses[i] = requests.post(f"{server.url}/both/v1/score", json=bodies[i], timeout=60)
-
-    threads = [threading.Thread(target=fire, args=(i,)) for i in range(len(bodies))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    responses = post_together(f"{server.url}/both/v1/score", bodies)
     for i, body in enumerate(bodies):
         assert_scored(responses[i], body, offline[{"default": "a", "b": "b"}[body["version"]]], label=body["version"])
-    assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses.values()) > 1
+    assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses) > 1
 
 
 def redis_app(server, artifacts, prepared_dataset, redis_server, prefix: str, replicas: int = 2) -> str:
@@ -997,21 +992,10 @@ def test_user_config_changes_the_batch_size_without_a_restart(server, offline, c
     assert server.get("/v1/model").json()["serving"]["replica"] == before["replica"]
     users = list(offline["a"].stored)[20:28]
     bodies = [{"user_id": u, "candidates": catalog[i:i + 5]} for i, u in enumerate(users)]
-    start = threading.Barrier(len(bodies))
-    responses: dict[int, requests.Response] = {}
-
-    def fire(i: int) -> None:
-        start.wait()
-        responses[i] = server.post(bodies[i])
-
-    threads = [threading.Thread(target=fire, args=(i,)) for i in range(len(bodies))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    responses = post_together(f"{server.url}/v1/score", bodies)
     for i, body in enumerate(bodies):
         assert_scored(responses[i], body, offline["a"])
-    assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses.values()) <= 2
+    assert max(int(r.headers[BATCH_SIZE_HEADER]) for r in responses) <= 2
     # An ingress's group larger than the batch is split, not refused.
     group = serve.get_deployment_handle(SCORER, app_name=APP).score.remote(
         jobs_for(bodies[:5], UserHistoryStore.load(prepared_dataset.path))).result()

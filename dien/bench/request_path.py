@@ -8,8 +8,8 @@ call to a deployed Scorer, against scoring the same jobs here.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
