@@ -130,8 +130,8 @@ class BatchScorer:
         return [result for group in groups for result in group]
 
     def _requests_in(self, calls: list[list[ScoreJob]]) -> int:
-        """A batch's size in requests. A lone call counts at most a full batch: one split by a larger
-        ``max_batch_size`` than reconfigure has set since is scored, not refused as larger than the batch."""
+        """A batch's size in requests. A lone call counts at most a full batch, so that a group split before
+        reconfigure lowered ``max_batch_size`` is scored rather than refused by Serve as too large."""
         requests = sum(map(len, calls))
         return min(requests, self.config.max_batch_size) if len(calls) == 1 else requests
 
@@ -153,12 +153,11 @@ class BatchScorer:
         logger.debug("scored %d requests in %d calls (%d distinct histories), %d candidates in %.1f ms: %s",
                      len(jobs), len(calls), scored.distinct_histories, candidates, elapsed_ms,
                      " ".join(job.request_id for job in jobs))
-        results = iter([ScoreResult(scores=[] if errors else s.tolist(), history_length=int(n),
-                                    unknown_candidates=u.tolist(), model=self.model_ref, batch_size=len(jobs),
-                                    corrected_categories=c.tolist(), errors=errors)
-                        for s, n, u, c, errors in zip(scored.scores, scored.history_lengths,
-                                                      scored.unknown_candidates, scored.corrected_categories,
-                                                      scored.errors)])
+        results = (ScoreResult(scores=[] if errors else s.tolist(), history_length=int(n),
+                               unknown_candidates=u.tolist(), model=self.model_ref, batch_size=len(jobs),
+                               corrected_categories=c.tolist(), errors=errors)
+                   for s, n, u, c, errors in zip(scored.scores, scored.history_lengths, scored.unknown_candidates,
+                                                 scored.corrected_categories, scored.errors))
         return [[next(results) for _ in call] for call in calls]
 
     def ready(self) -> dict[str, str]:
