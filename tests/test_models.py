@@ -9,6 +9,7 @@ from dien.model import MODELS, ModelConfig, build_model
 from dien.model.attention import BilinearAttention, MLPAttention
 from dien.model.dien import DIEN
 from dien.model.interest import InterestExtractor, agru_weights
+from dien.model.layers import Dice
 from dien.train.loop import TrainConfig, iterate_batches, make_optimizer, train_step
 
 
@@ -302,3 +303,35 @@ def test_embeddings_start_small_by_default_with_a_zero_padding_row():
         table = model.embedding.items.weight
         assert table[1:].std().item() == pytest.approx(std, rel=0.05)
         assert torch.all(table[0] == 0) and torch.all(model.embedding.cats.weight[0] == 0)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_dice_is_the_din_formula_with_running_or_batch_statistics(training):
+    torch.manual_seed(0)
+    dice = Dice(5)
+    with torch.no_grad():
+        dice.alpha.copy_(torch.randn(5))
+        dice.norm.running_mean.copy_(torch.randn(5))
+        dice.norm.running_var.copy_(torch.rand(5) + 0.5)
+    x = torch.randn(7, 5) * 3
+    mean, var = (x.mean(0), x.var(0, unbiased=False)) if training else (dice.norm.running_mean, dice.norm.running_var)
+    p = torch.sigmoid((x - mean) / torch.sqrt(var + dice.norm.eps))
+    expected = p * x + (1 - p) * dice.alpha * x
+    dice.train(training)
+    torch.testing.assert_close(dice(x), expected)
+    with torch.inference_mode():
+        torch.testing.assert_close(dice(x), expected)
+
+
+def test_dice_on_one_training_row_uses_the_running_statistics_and_passes_gradients():
+    torch.manual_seed(0)
+    dice = Dice(3)
+    with torch.no_grad():
+        dice.alpha.fill_(0.25)
+    x = torch.randn(1, 3, requires_grad=True)
+    dice(x).sum().backward()
+    p = torch.sigmoid(x.detach() / (1 + dice.norm.eps) ** 0.5)
+    # d/dx of x (alpha + (1 - alpha) p), p = sigmoid(x / sqrt(1 + eps)) at the initial running stats (0, 1).
+    expected = 0.25 + 0.75 * (p + x.detach() * p * (1 - p) / (1 + dice.norm.eps) ** 0.5)
+    torch.testing.assert_close(x.grad, expected)
+    assert dice.alpha.grad is not None
