@@ -193,7 +193,7 @@ def test_variants_change_only_what_they_name():
     assert scorer["user_config"]["batch_wait_timeout_s"] == 0.005  # the rest as in the file
     assert scorer["ray_actor_options"] == {"num_cpus": 1, "runtime_env": {"env_vars": {"DIEN_KERNEL": "reference"}}}
     ingress = next(d for d in unbatched["deployments"] if d["name"] == INGRESS)
-    assert ingress["user_config"]["forwarding"] == {"max_calls_in_flight": 4, "max_jobs_per_call": 1}
+    assert ingress["user_config"]["forwarding"] == {"max_calls_in_flight": 2, "max_jobs_per_call": 1}
     scorer = next(d for d in bigger["deployments"] if d["name"] == SCORER)
     assert scorer["max_ongoing_requests"] >= 64
     assert base == load_config(LOCAL_CONFIG)  # the base is not changed

@@ -73,7 +73,7 @@ def test_configs_refuse_bad_values():
     assert IngressConfig.model_validate({"max_batch_size": 4}).scorer_settings()["max_batch_size"] == 4
     # Forwarding is the ingress's own (how its requests share calls to the Scorers), not a scorer setting.
     forwarding = IngressConfig.model_validate({"forwarding": {"max_jobs_per_call": 1}})
-    assert forwarding.scorer_settings() is None and forwarding.forwarding.max_calls_in_flight == 4
+    assert forwarding.scorer_settings() is None and forwarding.forwarding.max_calls_in_flight == 2
     for bad in ({"max_calls_in_flight": 0}, {"max_jobs_per_call": -1}, {"max_jobs": 4}):
         with pytest.raises(ValueError):
             IngressConfig.model_validate({"forwarding": bad})

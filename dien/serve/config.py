@@ -193,7 +193,7 @@ class ForwardingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    max_calls_in_flight: PositiveInt = 4
+    max_calls_in_flight: PositiveInt = 2
     """Calls to one version's Scorer deployment an ingress replica has outstanding at once; at least its
     replica count, so that none idles while requests wait here."""
     max_jobs_per_call: PositiveInt = 16
