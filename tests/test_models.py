@@ -319,8 +319,10 @@ def test_dice_is_the_din_formula_with_running_or_batch_statistics(training):
     expected = p * x + (1 - p) * dice.alpha * x
     dice.train(training)
     torch.testing.assert_close(dice(x), expected)
+    sent = x.clone()
     with torch.inference_mode():
         torch.testing.assert_close(dice(x), expected)
+    torch.testing.assert_close(x, sent, rtol=0, atol=0)  # the inference path works in place on its own tensors
 
 
 def test_dice_on_one_training_row_uses_the_running_statistics_and_passes_gradients():

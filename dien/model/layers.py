@@ -22,6 +22,8 @@ class Dice(nn.Module):
         """x: [B, F] -> [B, F]."""
         # A training batch of one row has no variance; fall back to the running statistics for it.
         use_batch_stats = self.training and x.shape[0] > 1
+        if not use_batch_stats and not torch.is_grad_enabled():
+            return self._scale_by_running_statistics(x)
         normed = F.batch_norm(
             x,
             self.norm.running_mean,
@@ -32,6 +34,14 @@ class Dice(nn.Module):
         )
         p = torch.sigmoid(normed)
         return p * x + (1 - p) * self.alpha * x
+
+    def _scale_by_running_statistics(self, x: Tensor) -> Tensor:
+        """The same output without autograd, as x * (alpha + (1 - alpha) p): the normalization is an affine map
+        and p is a fresh tensor, so four in-place passes over [B, F] instead of seven (the served MLP's Dice
+        cost half its time)."""
+        inv_std = torch.rsqrt(self.norm.running_var + self.norm.eps)
+        p = torch.addcmul(-self.norm.running_mean * inv_std, x, inv_std).sigmoid_()
+        return p.mul_(1 - self.alpha).add_(self.alpha).mul_(x)
 
 
 def activation(name: str, features: int) -> nn.Module:
