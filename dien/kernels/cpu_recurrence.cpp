@@ -15,7 +15,22 @@ namespace {
 // Each thread takes at least this many rows: below it a second thread costs more than it saves.
 constexpr int64_t kRowGrain = 16;
 
+// Steps with at most this many running rows compute their recurrent gates as dot products: a GEMM call's dispatch
+// costs microseconds, more than the arithmetic of a few rows (a served request's history is one row).
+constexpr int64_t kDotProductRows = 4;
+
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+
+// gh [rows, 3H] = h [rows, H] w_hh^T for a few rows; w_hh [3H, H] row-major.
+void recurrent_gates_of_few_rows(const float* h, int64_t rows, const float* w_hh, int64_t H, float* gh) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t o = 0; o < 3 * H; ++o) {
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t k = 0; k < H; ++k) sum += h[i * H + k] * w_hh[o * H + k];
+      gh[i * 3 * H + o] = sum;
+    }
+}
 
 // Packed row of (step t, sorted row 0) for every t: offsets[t] = batch_sizes[0] + ... + batch_sizes[t - 1].
 std::vector<int64_t> step_offsets(const at::Tensor& batch_sizes) {
@@ -65,9 +80,12 @@ std::vector<at::Tensor> forward(const at::Tensor& gi, const at::Tensor& att, con
   const int64_t* sizes = batch_sizes.data_ptr<int64_t>();
   const bool has_att = att.numel() > 0;
   const at::Tensor w_t = w_hh.t();
+  const at::Tensor w_rows = w_hh.contiguous();
+  const float* w_data = w_rows.data_ptr<float>();
   const float* bias = b_hh.data_ptr<float>();
   const float* gi_data = gi.data_ptr<float>();
   const float* att_data = has_att ? att.data_ptr<float>() : nullptr;
+  const float* h0_data = h0.data_ptr<float>();
   float* out_data = out.data_ptr<float>();
   float* prev_data = prev.data_ptr<float>();
   float* gates_data = gates.data_ptr<float>();
@@ -76,13 +94,17 @@ std::vector<at::Tensor> forward(const at::Tensor& gi, const at::Tensor& att, con
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t r0 = bounds[p], r1 = bounds[p + 1];
       auto gh = at::empty({r1 - r0, H3}, gi.options());
-      const float* gh_data = gh.data_ptr<float>();
+      float* gh_data = gh.data_ptr<float>();
       for (int64_t t = 0; t < T && sizes[t] > r0; ++t) {
         const int64_t rows = std::min(r1, sizes[t]) - r0, first = offsets[t] + r0;
-        const at::Tensor h = t == 0 ? h0.narrow(0, r0, rows) : out.narrow(0, offsets[t - 1] + r0, rows);
-        prev.narrow(0, first, rows).copy_(h);
-        at::Tensor gh_rows = gh.narrow(0, 0, rows);
-        at::mm_out(gh_rows, h, w_t);
+        const int64_t h_first = t == 0 ? r0 : offsets[t - 1] + r0;
+        std::copy_n((t == 0 ? h0_data : out_data) + h_first * H, rows * H, prev_data + first * H);
+        if (rows <= kDotProductRows) {
+          recurrent_gates_of_few_rows(prev_data + first * H, rows, w_data, H, gh_data);
+        } else {
+          at::Tensor gh_rows = gh.narrow(0, 0, rows);
+          at::mm_out(gh_rows, prev.narrow(0, first, rows), w_t);
+        }
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t row = first + i;
           const float* x = gi_data + row * H3;
