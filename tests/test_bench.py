@@ -21,7 +21,8 @@ from dien.bench.deploy import NOOP_IMPORT_PATH, Variant, load_config, logical_cp
 from dien.bench.load import LoadResult, LoadSettings, measure
 from dien.bench.peers import available as peer_available
 from dien.bench.qps import (IN_INGRESS, NOOP, PER_CORE, PLAIN, PLAIN_PEER, REFERENCE, STUDENT, TEACHER, UNBATCHED,
-                            VARIANTS, Inputs, QpsConfig, QpsReport, Row, check_goals, run_local, run_url, variants)
+                            VARIANTS, Inputs, QpsConfig, QpsReport, Row, check_goals, open_loop_rates, run_local,
+                            run_url, variants)
 from dien.bench.report import format_markdown, format_table, write_outputs
 from dien.bench.workload import score_bodies
 from dien.model import ModelConfig, build_model
@@ -228,6 +229,21 @@ def test_the_in_ingress_variant_moves_the_scorer_settings_to_the_ingress():
 
 
 # ------------------------------------------------------------------------------------------ goal checks
+
+def test_open_loop_rates_are_fractions_of_each_variants_best_or_the_given_rates_for_measured_variants_only():
+    report = QpsReport(config={}, environment={}, rows=[
+        Row(STUDENT, closed(100, 16, 200)), Row(STUDENT, closed(100, 64, 300)), Row(PER_CORE, closed(100, 16, 500)),
+        Row(PER_CORE, closed(1, 16, 2000)),
+    ])
+    measured = {STUDENT, PER_CORE, NOOP}
+    fractions = QpsConfig(candidates=(1, 100), open_fractions=(0.5, 0.8))
+    assert open_loop_rates(fractions, report, measured) == [(STUDENT, 150.0), (PER_CORE, 250.0), (STUDENT, 240.0),
+                                                            (PER_CORE, 400.0)]
+    # Given rates apply to every measured open-loop variant, but never to one that was not deployed.
+    rates = QpsConfig(candidates=(100,), rates=(320.0,))
+    assert open_loop_rates(rates, report, {PER_CORE, IN_INGRESS}) == [(IN_INGRESS, 320.0), (PER_CORE, 320.0)]
+    assert open_loop_rates(rates, report, {NOOP}) == []
+
 
 def closed(candidates: int, concurrency: int, rps: float, p99: float = 50.0) -> LoadResult:
     return LoadResult(mode="closed", candidates=candidates, concurrency=concurrency, requests_per_s=rps,

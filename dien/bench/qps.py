@@ -41,7 +41,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 from urllib.parse import urlsplit
 
 import ray
@@ -349,6 +349,24 @@ def _warm_up(urls: dict[str, str], workload: Workload, timeout_s: float = 120.0)
             raise RuntimeError(f"{name} answered its warm-up request with {answer.status_code}: {answer.text[:300]}")
 
 
+OPEN_LOOP_VARIANTS = (STUDENT, IN_INGRESS, PER_CORE, UNBATCHED)
+"""The variants measured in the open loop too (where they are measured at all)."""
+
+
+def open_loop_rates(config: QpsConfig, report: QpsReport, measured: Collection[str]) -> list[tuple[str, float]]:
+    """(variant, requests/s) of each open-loop measurement, in order: ``config.rates`` as given, else each
+    variant at fractions of its own best closed-loop rate (a rate another variant sustains would only show this one
+    overloaded). Only variants in ``measured`` (and, for fractions, with a closed-loop result) are listed."""
+    plan = []
+    for step in config.rates or config.open_fractions:
+        for name in (n for n in OPEN_LOOP_VARIANTS if n in measured):
+            best = report.best(name, _peer_size(config.candidates))
+            rate = step if config.rates else round(step * best.requests_per_s, 1) if best else 0.0
+            if rate > 0:
+                plan.append((name, rate))
+    return plan
+
+
 def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any], data: Path,
                       workloads: dict[int, Workload], measured: list[tuple[Variant, bool]], student: Path) -> None:
     peer_size = _peer_size(config.candidates)
@@ -388,14 +406,8 @@ def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any]
         for candidates in config.candidates:
             for concurrency in config.concurrency:
                 measure_each(candidates, concurrency=concurrency)
-        # Each variant at fractions of its own best rate: a rate another variant sustains would only show this
-        # one overloaded.
-        for step in config.rates or config.open_fractions:
-            for name in (STUDENT, IN_INGRESS, PER_CORE, UNBATCHED):
-                best = report.best(name, peer_size)
-                rate = step if config.rates else round(step * best.requests_per_s, 1) if best else 0.0
-                if rate > 0:
-                    _add(report, name, measure(urls[name], workloads[peer_size], config.load, rate=rate))
+        for name, rate in open_loop_rates(config, report, urls):
+            _add(report, name, measure(urls[name], workloads[peer_size], config.load, rate=rate))
     finally:
         for process in plain:
             process.close()
