@@ -38,6 +38,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[QpsConfig, str]:
     parser.add_argument("--rates", type=float, nargs="+", help="open-loop request rates (requests/s)")
     parser.add_argument("--open-fractions", type=float, nargs="+",
                         help="local mode: open-loop rates as fractions of the batched student's best requests/s")
+    parser.add_argument("--rounds", type=int, help="closed-loop sweeps; each setting keeps its median round "
+                        f"(default {defaults.rounds})")
     parser.add_argument("--duration", type=float, help=f"seconds measured per setting (default {load.duration_s:g})")
     parser.add_argument("--warmup", type=float, help=f"seconds of load before each window (default {load.warmup_s:g})")
     parser.add_argument("--timeout", type=float, help=f"seconds before a request counts as failed ({load.timeout_s:g})")
@@ -58,13 +60,15 @@ def parse_config(argv: list[str] | None = None) -> tuple[QpsConfig, str]:
     parser.add_argument("--out", default=defaults.out, help="directory for results.json, results.md and the plot")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
 
     config = QUICK if args.quick else defaults
     load = replace(config.load, **{k: v for k, v in (("duration_s", args.duration), ("warmup_s", args.warmup),
                                                       ("timeout_s", args.timeout)) if v is not None})
     chosen = {"candidates": args.candidates, "concurrency": args.concurrency, "rates": args.rates,
               "open_fractions": args.open_fractions, "port": args.port, "url": args.url,
-              "variants": args.variants}
+              "variants": args.variants, "rounds": args.rounds}
     config = replace(config, load=load, serve_config=args.serve_config, out=args.out,
                      throughput_optimized=args.throughput_optimized, haproxy=args.haproxy, form=args.form,
                      inline_history=args.inline_history, peers=args.peers,

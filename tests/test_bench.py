@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,8 @@ from dien.bench.deploy import NOOP_IMPORT_PATH, Variant, load_config, logical_cp
 from dien.bench.load import LoadResult, LoadSettings, measure
 from dien.bench.peers import available as peer_available
 from dien.bench.qps import (IN_INGRESS, NOOP, PER_CORE, PLAIN, PLAIN_PEER, REFERENCE, STUDENT, TEACHER, UNBATCHED,
-                            VARIANTS, Inputs, QpsConfig, QpsReport, Row, check_goals, open_loop_rates, run_local,
-                            run_url, variants)
+                            VARIANTS, Inputs, QpsConfig, QpsReport, Row, check_goals, median_rounds,
+                            open_loop_rates, run_local, run_url, variants)
 from dien.bench.report import format_markdown, format_table, write_outputs
 from dien.bench.workload import score_bodies
 from dien.model import ModelConfig, build_model
@@ -250,6 +251,32 @@ def closed(candidates: int, concurrency: int, rps: float, p99: float = 50.0) -> 
                       candidates_per_s=rps * candidates, p99_ms=p99)
 
 
+def test_a_setting_measured_in_rounds_keeps_its_median_round_its_spread_and_every_error(tmp_path):
+    slow, fast = replace(closed(100, 16, 100), errors=2, error_kinds={"HTTP 429": 2}), closed(100, 16, 300)
+    middle = replace(closed(100, 16, 200, p99=70), errors=1, error_kinds={"HTTP 429": 1})
+    rows = [Row(STUDENT, slow), Row(NOOP, closed(1, 16, 900)), Row(STUDENT, fast), Row(STUDENT, middle),
+            Row(STUDENT, closed(100, 64, 400))]
+    kept = median_rounds(rows)
+    assert [(r.variant, r.result.concurrency) for r in kept] == [(STUDENT, 16), (NOOP, 16), (STUDENT, 64)]
+    student = kept[0]
+    assert student.result.requests_per_s == 200 and student.result.p99_ms == 70  # the median round, whole
+    assert student.round_rps == (100, 300, 200)
+    assert student.result.errors == 3 and student.result.error_kinds == {"HTTP 429": 3}
+    assert kept[1] == rows[1] and kept[2].round_rps == ()  # measured once: as it was
+    assert median_rounds([Row(STUDENT, slow), Row(STUDENT, fast)])[0].result.requests_per_s == 100  # lower middle
+
+    report = QpsReport(config={}, environment={"started": "now", "cpus": 2, "load_average_at_start": [0, 0, 0],
+                                               "ray": "2", "throughput_optimized": True}, rows=kept)
+    assert "| student | 100 | c=16 | 200.0 (100-300) | 20000 |" in format_markdown(report)
+    assert report.as_dict()["results"][0]["round_requests_per_s"] == [100, 300, 200]
+    assert "round_requests_per_s" not in report.as_dict()["results"][1]
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        QpsConfig(rounds=0)
+    refused = subprocess.run([sys.executable, "jobs/benchmark_qps.py", "--rounds", "0"],
+                             cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--rounds must be at least 1, got 0" in refused.stderr
+
+
 def test_goals_take_the_better_of_our_two_deployments_and_compare_like_with_like():
     report = QpsReport(config={}, environment={}, offline={100: 30_000.0, 500: 40_000.0}, offline_unbatched=20_000.0,
                        rows=[
@@ -293,7 +320,7 @@ def test_the_benchmark_deploys_every_variant_measures_it_and_writes_its_outputs(
         deployment["ray_actor_options"]["num_cpus"] = 0.25
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve_config))
     config = QpsConfig(inputs=inputs, serve_config=str(tmp_path / "serve.yaml"), candidates=(1, 3), concurrency=(2,),
-                       open_fractions=(0.5,), bodies=16, out=str(tmp_path / "out"),
+                       open_fractions=(0.5,), bodies=16, out=str(tmp_path / "out"), rounds=2,
                        load=LoadSettings(duration_s=0.5, warmup_s=0.2, timeout_s=20))
     report = run_local(config)
 
@@ -307,6 +334,7 @@ def test_the_benchmark_deploys_every_variant_measures_it_and_writes_its_outputs(
                     (TEACHER, 3, "closed"), (REFERENCE, 3, "closed")} | peers
     for row in report.rows:
         assert row.result.requests > 0 and row.result.errors == 0, (row.variant, row.result)
+        assert len(row.round_rps) == (2 if row.result.mode == "closed" else 0)  # one row per setting
     assert report.models[TEACHER]["hidden"] == 16 and report.models[STUDENT]["hidden"] == 8
     assert [g.name.split()[0] for g in report.goals] == ["ours"]  # only 1 candidate measured of the goals' sizes
     assert set(report.offline) == {1, 3} and all(rate > 0 for rate in report.offline.values())

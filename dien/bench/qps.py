@@ -39,7 +39,8 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Collection
 from urllib.parse import urlsplit
@@ -128,6 +129,10 @@ class QpsConfig:
     rates: tuple[float, ...] = ()
     """Open-loop rates in requests/s (URL mode; in local mode they replace ``open_fractions``)."""
     load: LoadSettings = LoadSettings()
+    rounds: int = 1
+    """Closed-loop sweeps, each measuring every variant at every setting once; with more than one, a setting keeps
+    its median round (with every round's requests/s and all rounds' errors), so that a slow moment of a shared
+    machine moves no goal."""
     bodies: int = 512
     """Distinct request bodies per request size."""
     form: str = "objects"
@@ -150,6 +155,10 @@ class QpsConfig:
     """Local mode: HTTP port (default: a free one); always on 127.0.0.1."""
     out: str = "runs/benchmark_qps"
 
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+
 
 QUICK = QpsConfig(concurrency=(16, 64), open_fractions=(0.5,), load=LoadSettings(duration_s=4.0, warmup_s=1.0))
 """``--quick``: two concurrency levels, one open-loop rate, shorter windows (about 3 minutes with models)."""
@@ -161,6 +170,9 @@ class Row:
 
     variant: str
     result: LoadResult
+    round_rps: tuple[float, ...] = ()
+    """Requests/s of each round this closed-loop setting was measured in, when more than one (see
+    :attr:`QpsConfig.rounds`); ``result`` is the median round's."""
 
 
 @dataclass
@@ -206,7 +218,9 @@ class QpsReport:
                 "breakdown_ms": self.breakdown,
                 "hop_ms": self.hop,
                 "goals": [asdict(g) for g in self.goals],
-                "results": [{"variant": r.variant, **r.result.as_dict()} for r in self.rows]}
+                "results": [{"variant": r.variant, **r.result.as_dict(),
+                             **({"round_requests_per_s": list(r.round_rps)} if r.round_rps else {})}
+                            for r in self.rows]}
 
 
 def haproxy_available() -> bool:
@@ -247,6 +261,27 @@ def prepare_inputs(inputs: Inputs) -> tuple[Path, Path, Path]:
     return data, models[0], models[1]
 
 
+def median_rounds(rows: list[Row]) -> list[Row]:
+    """One row per variant and setting: a setting measured in several rounds keeps its median round (the lower
+    middle one of an even count) with every round's requests/s, and counts the errors of all its rounds."""
+    groups: dict[tuple[str, int, str, int | None, float | None], list[Row]] = {}
+    for row in rows:
+        r = row.result
+        groups.setdefault((row.variant, r.candidates, r.mode, r.concurrency, r.offered_rps), []).append(row)
+    kept = []
+    for group in groups.values():
+        if len(group) == 1:
+            kept.append(group[0])
+            continue
+        middle = sorted(group, key=lambda row: row.result.requests_per_s)[(len(group) - 1) // 2].result
+        error_kinds: Counter[str] = Counter()
+        for row in group:
+            error_kinds.update(row.result.error_kinds)
+        result = replace(middle, errors=sum(row.result.errors for row in group), error_kinds=dict(error_kinds))
+        kept.append(Row(group[0].variant, result, tuple(row.result.requests_per_s for row in group)))
+    return kept
+
+
 def _add(report: QpsReport, variant: str, result: LoadResult) -> None:
     report.rows.append(Row(variant, result))
     setting = f"c={result.concurrency}" if result.mode == "closed" else f"rate={result.offered_rps:.0f}/s"
@@ -261,13 +296,16 @@ def run_url(config: QpsConfig) -> QpsReport:
         raise ValueError(f"--url must be a loopback address ({', '.join(sorted(LOOPBACK))}), got {config.url}")
     started = time.monotonic()
     report = QpsReport(config=asdict(config), environment=_environment(config))
+    workloads = {n: score_bodies(config.inputs.data, n, config.bodies, inline_history=config.inline_history,
+                                 form=config.form) for n in config.candidates}
+    for _ in range(config.rounds):
+        for candidates in config.candidates:
+            for concurrency in config.concurrency:
+                _add(report, TARGET, measure(config.url, workloads[candidates], config.load, concurrency=concurrency))
+    report.rows = median_rounds(report.rows)
     for candidates in config.candidates:
-        workload = score_bodies(config.inputs.data, candidates, config.bodies, inline_history=config.inline_history,
-                                form=config.form)
-        for concurrency in config.concurrency:
-            _add(report, TARGET, measure(config.url, workload, config.load, concurrency=concurrency))
         for rate in config.rates:
-            _add(report, TARGET, measure(config.url, workload, config.load, rate=rate))
+            _add(report, TARGET, measure(config.url, workloads[candidates], config.load, rate=rate))
     _finish(report, started)
     return report
 
@@ -403,9 +441,11 @@ def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any]
                 if every_size or candidates == peer_size:
                     _add(report, name, measure(urls[name], workloads[candidates], config.load, **load))
 
-        for candidates in config.candidates:
-            for concurrency in config.concurrency:
-                measure_each(candidates, concurrency=concurrency)
+        for _ in range(config.rounds):
+            for candidates in config.candidates:
+                for concurrency in config.concurrency:
+                    measure_each(candidates, concurrency=concurrency)
+        report.rows = median_rounds(report.rows)
         for name, rate in open_loop_rates(config, report, urls):
             _add(report, name, measure(urls[name], workloads[peer_size], config.load, rate=rate))
     finally:
