@@ -220,6 +220,8 @@ at::Tensor forward_last(const at::Tensor& gi, const at::Tensor& rows_of, const a
   auto h_last = h0.numel() > 0 ? h0.clone() : at::zeros({B, H}, gi.options());
   const at::Tensor order = std::get<1>(lengths.clamp_max(T).sort(/*stable=*/false, /*dim=*/0, /*descending=*/true));
   const at::Tensor w_t = w_hh.t();
+  const at::Tensor w_rows = w_hh.contiguous();
+  const float* w_data = w_rows.data_ptr<float>();
   const float* bias = b_hh.data_ptr<float>();
   const float* gi_data = gi.data_ptr<float>();
   const int64_t* source = rows_of.data_ptr<int64_t>();
@@ -234,7 +236,7 @@ at::Tensor forward_last(const at::Tensor& gi, const at::Tensor& rows_of, const a
     auto h = at::empty({kBlockRows, H}, gi.options());
     auto gh = at::empty({kBlockRows, H3}, gi.options());
     float* h_data = h.data_ptr<float>();
-    const float* gh_data = gh.data_ptr<float>();
+    float* gh_data = gh.data_ptr<float>();
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t first = k * kBlockRows, rows = std::min(kBlockRows, B - first);
       const int64_t* members = sorted + first;
@@ -242,7 +244,11 @@ at::Tensor forward_last(const at::Tensor& gi, const at::Tensor& rows_of, const a
       const int64_t steps = std::min(length[members[0]], T);  // the block's longest row comes first
       auto h_block = h.narrow(0, 0, rows), gh_block = gh.narrow(0, 0, rows);
       for (int64_t t = 0; t < steps; ++t) {
-        at::mm_out(gh_block, h_block, w_t);
+        if (rows <= kDotProductRows) {
+          recurrent_gates_of_few_rows(h_data, rows, w_data, H, gh_data);
+        } else {
+          at::mm_out(gh_block, h_block, w_t);
+        }
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t b = members[i];
           if (t >= length[b]) continue;
