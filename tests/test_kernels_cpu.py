@@ -177,17 +177,19 @@ def test_a_build_for_another_cpu_is_not_loaded(monkeypatch):
 
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("grad", [False, True])
-def test_augru_last_reads_shared_projections_through_rows(with_h0, grad, loops):
+@pytest.mark.parametrize("candidates", [300, 7])
+def test_augru_last_reads_shared_projections_through_rows(with_h0, grad, candidates, loops):
     """Candidates that share a request's history read its projections in place: the same final states (and,
     with gradients, the same gradients) as gathering them first, on the reference. Without gradients the C++
-    loops run their inference path (rows by length, in blocks; more rows than one block)."""
+    loops run their inference path (rows by length, in blocks): 300 rows take more than one block and a GEMM a
+    step, 7 rows (an odd number) the few-row loop."""
     case = make_inputs(9, 11, 6, 13, seed=7)
     gi = kernels.project(case.x, case.weight_ih, case.bias_ih, backend="reference").detach().requires_grad_(grad)
     generator = torch.Generator().manual_seed(8)
-    rows = torch.randint(0, 9, (300,), generator=generator)
-    att = torch.rand(300, 11, generator=generator)
-    lengths = torch.randint(0, 12, (300,), generator=generator)
-    h0 = torch.randn(300, 13, generator=generator) if with_h0 else None
+    rows = torch.randint(0, 9, (candidates,), generator=generator)
+    att = torch.rand(candidates, 11, generator=generator)
+    lengths = torch.randint(0, 12, (candidates,), generator=generator)
+    h0 = torch.randn(candidates, 13, generator=generator) if with_h0 else None
     weights = (case.weight_hh.detach().requires_grad_(grad), case.bias_hh.detach().requires_grad_(grad))
     results = {}
     for backend in ("reference", "cpu"):
