@@ -385,6 +385,19 @@ def test_the_history_cache_keeps_within_its_bytes_dropping_the_least_recently_us
     assert len(cache) == 1 and cache.get(keys[2]) is None
 
 
+def test_unknown_candidates_are_reported_at_their_positions_in_each_request_of_a_batch(offline, catalog):
+    artifact = offline["a"].artifact
+    known = [c["item_id"] for c in catalog[:4]]
+    candidates = [[known[0], "no-such-item", known[1]], known[2:], ["unseen-a", known[3], "unseen-b", "unseen-c"]]
+    jobs = [ScoreJob(items, [None] * len(items), [c["item_id"] for c in catalog[20:30]], [None] * 10)
+            for items in candidates]
+    scored = score_jobs(artifact.model, vocabulary_of(artifact), artifact.max_len, jobs)
+    assert [u.tolist() for u in scored.unknown_candidates] == [[1], [], [0, 2, 3]]
+    assert [c.tolist() for c in scored.corrected_categories] == [[], [], []]
+    alone = score_jobs(artifact.model, vocabulary_of(artifact), artifact.max_len, jobs[2:])
+    assert alone.unknown_candidates[0].tolist() == [0, 2, 3]
+
+
 def test_the_item_table_fills_and_corrects_categories(offline, catalog):
     artifact = offline["a"].artifact
     vocabulary = vocabulary_of(artifact)

@@ -73,16 +73,14 @@ class HistoryEncoding:
     def stack(rows: Sequence["HistoryEncoding"]) -> "HistoryEncoding":
         """Rows (of :meth:`rows`) zero-padded to the longest and stacked: one encoding that scores as the batches
         the rows came from did (a score reads no step past a row's length)."""
-        steps = max((getattr(r, n).shape[1] for r in rows for n in TIME_FIELDS if getattr(r, n) is not None),
-                    default=1)
         stacked = {}
         for f in fields(HistoryEncoding):
             values = [getattr(r, f.name) for r in rows]
             if values[0] is None:
                 stacked[f.name] = None
             elif f.name in TIME_FIELDS:
-                stacked[f.name] = torch.cat([nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, steps - v.shape[1]))
-                                             for v in values])
+                # One call per field: a row's time fields all have its length, so each pads to the longest row.
+                stacked[f.name] = nn.utils.rnn.pad_sequence([v[0] for v in values], batch_first=True)
             else:
                 stacked[f.name] = torch.cat(values)
         return HistoryEncoding(**stacked)

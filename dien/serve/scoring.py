@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
+from itertools import repeat
+from operator import is_not
 from typing import Sequence
 
 import numpy as np
@@ -81,8 +83,9 @@ class TokenIndex:
 
     def encode(self, tokens: Sequence[str | None]) -> np.ndarray:
         """[N] int64 ids; unknown tokens and None map to OUT_OF_VOCABULARY."""
-        get = self._ids.get
-        return np.fromiter((get(t, OUT_OF_VOCABULARY) for t in tokens), dtype=np.int64, count=len(tokens))
+        # map() with the dict's bound method iterates in C: a generator expression costs a frame per token.
+        return np.fromiter(map(self._ids.get, tokens, repeat(OUT_OF_VOCABULARY, len(tokens))), dtype=np.int64,
+                           count=len(tokens))
 
 
 class ModelVocabulary:
@@ -104,7 +107,7 @@ class ModelVocabulary:
         [N] bool: a sent category differs from the table's; ``missing`` [N] bool: neither has one.
         """
         sent_ids = self.categories.encode(sent)
-        given = np.fromiter((c is not None for c in sent), dtype=bool, count=len(sent))
+        given = np.fromiter(map(is_not, sent, repeat(None, len(sent))), dtype=bool, count=len(sent))
         if self.item_categories is None:
             return sent_ids, np.zeros(len(sent), dtype=bool), ~given
         table = self.item_categories[item_ids]
@@ -212,6 +215,15 @@ class _EncodedJobs:
         """Per-candidate ``values`` [sum of C_j] as one array per job."""
         return np.split(values, self.target_bounds[1:-1])
 
+    def positions(self, mask: np.ndarray) -> list[np.ndarray]:
+        """Per job, the positions within it of the candidates where ``mask`` [sum of C_j] is true: one search
+        over the batch, not one per job (mostly there is none)."""
+        where = np.flatnonzero(mask)
+        if not len(where):
+            return [where] * (len(self.target_bounds) - 1)
+        job = np.searchsorted(self.target_bounds, where, side="right") - 1
+        return np.split(where - self.target_bounds[job], np.searchsorted(where, self.target_bounds[1:-1]))
+
 
 def _bounds(lengths: list[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
@@ -317,10 +329,8 @@ def score_jobs(model: CTRModel, vocabulary: ModelVocabulary, max_len: int, jobs:
                                  target_item[chunk].to(device), target_cat[chunk].to(device))
             probabilities[chunk] = torch.sigmoid(logits).float().cpu()
     # Rejected conflicts are errors, not corrections.
-    corrected = [np.flatnonzero(c) if category_conflict == "ignore" else np.zeros(0, np.int64)
-                 for c in encoded.split(encoded.conflicts)]
+    corrected = encoded.positions(encoded.conflicts if category_conflict == "ignore" else np.zeros(0, bool))
     return BatchScores(scores=encoded.split(probabilities.numpy()), history_lengths=lengths,
-                       unknown_candidates=[np.flatnonzero(items == OUT_OF_VOCABULARY)
-                                           for items in encoded.split(encoded.target_item)],
+                       unknown_candidates=encoded.positions(encoded.target_item == OUT_OF_VOCABULARY),
                        corrected_categories=corrected,
                        errors=encoded.errors, distinct_histories=len(distinct))
