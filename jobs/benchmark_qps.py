@@ -38,8 +38,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[QpsConfig, str]:
     parser.add_argument("--rates", type=float, nargs="+", help="open-loop request rates (requests/s)")
     parser.add_argument("--open-fractions", type=float, nargs="+",
                         help="local mode: open-loop rates as fractions of the batched student's best requests/s")
-    parser.add_argument("--rounds", type=int, help="closed-loop sweeps; each setting keeps its median round "
-                        f"(default {defaults.rounds})")
+    parser.add_argument("--rounds", type=int, help="rounds of the closed-loop sweep and of the open-loop rates; "
+                        f"each setting keeps its median round (default {defaults.rounds})")
     parser.add_argument("--duration", type=float, help=f"seconds measured per setting (default {load.duration_s:g})")
     parser.add_argument("--warmup", type=float, help=f"seconds of load before each window (default {load.warmup_s:g})")
     parser.add_argument("--timeout", type=float, help=f"seconds before a request counts as failed ({load.timeout_s:g})")

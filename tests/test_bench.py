@@ -251,6 +251,11 @@ def closed(candidates: int, concurrency: int, rps: float, p99: float = 50.0) -> 
                       candidates_per_s=rps * candidates, p99_ms=p99)
 
 
+def opened(candidates: int, rate: float, p99: float) -> LoadResult:
+    return LoadResult(mode="open", candidates=candidates, offered_rps=rate, requests_per_s=rate,
+                      candidates_per_s=rate * candidates, p99_ms=p99)
+
+
 def test_a_setting_measured_in_rounds_keeps_its_median_round_its_spread_and_every_error(tmp_path):
     slow, fast = replace(closed(100, 16, 100), errors=2, error_kinds={"HTTP 429": 2}), closed(100, 16, 300)
     middle = replace(closed(100, 16, 200, p99=70), errors=1, error_kinds={"HTTP 429": 1})
@@ -260,16 +265,25 @@ def test_a_setting_measured_in_rounds_keeps_its_median_round_its_spread_and_ever
     assert [(r.variant, r.result.concurrency) for r in kept] == [(STUDENT, 16), (NOOP, 16), (STUDENT, 64)]
     student = kept[0]
     assert student.result.requests_per_s == 200 and student.result.p99_ms == 70  # the median round, whole
-    assert student.round_rps == (100, 300, 200)
+    assert student.rounds == (100, 300, 200)
     assert student.result.errors == 3 and student.result.error_kinds == {"HTTP 429": 3}
-    assert kept[1] == rows[1] and kept[2].round_rps == ()  # measured once: as it was
+    assert kept[1] == rows[1] and kept[2].rounds == ()  # measured once: as it was
     assert median_rounds([Row(STUDENT, slow), Row(STUDENT, fast)])[0].result.requests_per_s == 100  # lower middle
+    # An open-loop rate: the rounds rank by p99 (their requests/s is the rate offered).
+    stalled = replace(opened(100, 160, p99=590), errors=4, error_kinds={"HTTP 429": 4})
+    latency = median_rounds([Row(PER_CORE, opened(100, 160, p99=50)), Row(PER_CORE, stalled),
+                             Row(PER_CORE, opened(100, 160, p99=60))])
+    assert len(latency) == 1 and latency[0].result.p99_ms == 60 and latency[0].rounds == (50, 590, 60)
+    assert latency[0].result.errors == 4
 
     report = QpsReport(config={}, environment={"started": "now", "cpus": 2, "load_average_at_start": [0, 0, 0],
-                                               "ray": "2", "throughput_optimized": True}, rows=kept)
-    assert "| student | 100 | c=16 | 200.0 (100-300) | 20000 |" in format_markdown(report)
-    assert report.as_dict()["results"][0]["round_requests_per_s"] == [100, 300, 200]
-    assert "round_requests_per_s" not in report.as_dict()["results"][1]
+                                               "ray": "2", "throughput_optimized": True}, rows=kept + latency)
+    markdown = format_markdown(report)
+    assert "| student | 100 | c=16 | 200.0 (100-300) | 20000 |" in markdown
+    assert "| 100 | 160/s open | 160.0 | 16000 | - | - | - | 60.0 (50-590) | - | 4 |" in markdown
+    results = report.as_dict()["results"]
+    assert results[0]["round_requests_per_s"] == [100, 300, 200] and results[3]["round_p99_ms"] == [50, 590, 60]
+    assert "round_requests_per_s" not in results[1] and "round_p99_ms" not in results[0]
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         QpsConfig(rounds=0)
     refused = subprocess.run([sys.executable, "jobs/benchmark_qps.py", "--rounds", "0"],
@@ -334,7 +348,7 @@ def test_the_benchmark_deploys_every_variant_measures_it_and_writes_its_outputs(
                     (TEACHER, 3, "closed"), (REFERENCE, 3, "closed")} | peers
     for row in report.rows:
         assert row.result.requests > 0 and row.result.errors == 0, (row.variant, row.result)
-        assert len(row.round_rps) == (2 if row.result.mode == "closed" else 0)  # one row per setting
+        assert len(row.rounds) == 2  # one row per setting, closed and open loop
     assert report.models[TEACHER]["hidden"] == 16 and report.models[STUDENT]["hidden"] == 8
     assert [g.name.split()[0] for g in report.goals] == ["ours"]  # only 1 candidate measured of the goals' sizes
     assert set(report.offline) == {1, 3} and all(rate > 0 for rate in report.offline.values())

@@ -130,9 +130,10 @@ class QpsConfig:
     """Open-loop rates in requests/s (URL mode; in local mode they replace ``open_fractions``)."""
     load: LoadSettings = LoadSettings()
     rounds: int = 1
-    """Closed-loop sweeps, each measuring every variant at every setting once; with more than one, a setting keeps
-    its median round (with every round's requests/s and all rounds' errors), so that a slow moment of a shared
-    machine moves no goal."""
+    """Rounds of the closed-loop sweep, each measuring every variant at every setting once, and then of the open-loop
+    rates; with more than one, a setting keeps its median round (by requests/s in the closed loop, by p99 in the
+    open loop, with every round's figure and all rounds' errors), so that a slow moment of a shared machine moves
+    no goal."""
     bodies: int = 512
     """Distinct request bodies per request size."""
     form: str = "objects"
@@ -170,9 +171,9 @@ class Row:
 
     variant: str
     result: LoadResult
-    round_rps: tuple[float, ...] = ()
-    """Requests/s of each round this closed-loop setting was measured in, when more than one (see
-    :attr:`QpsConfig.rounds`); ``result`` is the median round's."""
+    rounds: tuple[float, ...] = ()
+    """When the setting was measured in more than one round (:attr:`QpsConfig.rounds`), each round's
+    :func:`round_figure`; ``result`` is the median round's."""
 
 
 @dataclass
@@ -219,7 +220,7 @@ class QpsReport:
                 "hop_ms": self.hop,
                 "goals": [asdict(g) for g in self.goals],
                 "results": [{"variant": r.variant, **r.result.as_dict(),
-                             **({"round_requests_per_s": list(r.round_rps)} if r.round_rps else {})}
+                             **({ROUND_KEYS[r.result.mode]: list(r.rounds)} if r.rounds else {})}
                             for r in self.rows]}
 
 
@@ -261,9 +262,20 @@ def prepare_inputs(inputs: Inputs) -> tuple[Path, Path, Path]:
     return data, models[0], models[1]
 
 
+ROUND_KEYS = {"closed": "round_requests_per_s", "open": "round_p99_ms"}
+"""Load mode -> the JSON key of a setting's figure in each round (:func:`round_figure`)."""
+
+
+def round_figure(result: LoadResult) -> float:
+    """What ranks the rounds of one setting: requests/s in the closed loop; p99 in the open loop, whose
+    requests/s is the offered rate."""
+    return result.requests_per_s if result.mode == "closed" else result.p99_ms
+
+
 def median_rounds(rows: list[Row]) -> list[Row]:
-    """One row per variant and setting: a setting measured in several rounds keeps its median round (the lower
-    middle one of an even count) with every round's requests/s, and counts the errors of all its rounds."""
+    """One row per variant and setting: a setting measured in several rounds keeps its median round by
+    :func:`round_figure` (the lower middle one of an even count) with every round's figure, and counts the
+    errors of all its rounds."""
     groups: dict[tuple[str, int, str, int | None, float | None], list[Row]] = {}
     for row in rows:
         r = row.result
@@ -273,12 +285,12 @@ def median_rounds(rows: list[Row]) -> list[Row]:
         if len(group) == 1:
             kept.append(group[0])
             continue
-        middle = sorted(group, key=lambda row: row.result.requests_per_s)[(len(group) - 1) // 2].result
+        middle = sorted(group, key=lambda row: round_figure(row.result))[(len(group) - 1) // 2].result
         error_kinds: Counter[str] = Counter()
         for row in group:
             error_kinds.update(row.result.error_kinds)
         result = replace(middle, errors=sum(row.result.errors for row in group), error_kinds=dict(error_kinds))
-        kept.append(Row(group[0].variant, result, tuple(row.result.requests_per_s for row in group)))
+        kept.append(Row(group[0].variant, result, tuple(round_figure(row.result) for row in group)))
     return kept
 
 
@@ -303,9 +315,11 @@ def run_url(config: QpsConfig) -> QpsReport:
             for concurrency in config.concurrency:
                 _add(report, TARGET, measure(config.url, workloads[candidates], config.load, concurrency=concurrency))
     report.rows = median_rounds(report.rows)
-    for candidates in config.candidates:
-        for rate in config.rates:
-            _add(report, TARGET, measure(config.url, workloads[candidates], config.load, rate=rate))
+    for _ in range(config.rounds):
+        for candidates in config.candidates:
+            for rate in config.rates:
+                _add(report, TARGET, measure(config.url, workloads[candidates], config.load, rate=rate))
+    report.rows = median_rounds(report.rows)
     _finish(report, started)
     return report
 
@@ -446,8 +460,11 @@ def _measure_variants(config: QpsConfig, report: QpsReport, base: dict[str, Any]
                 for concurrency in config.concurrency:
                     measure_each(candidates, concurrency=concurrency)
         report.rows = median_rounds(report.rows)
-        for name, rate in open_loop_rates(config, report, urls):
-            _add(report, name, measure(urls[name], workloads[peer_size], config.load, rate=rate))
+        plan = open_loop_rates(config, report, urls)
+        for _ in range(config.rounds):
+            for name, rate in plan:
+                _add(report, name, measure(urls[name], workloads[peer_size], config.load, rate=rate))
+        report.rows = median_rounds(report.rows)
     finally:
         for process in plain:
             process.close()
