@@ -24,37 +24,30 @@ inline bool few_rows(int64_t rows, int64_t H) { return rows * H <= kFewRowsTimes
 
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 
-// gh [rows, 3H] = h [rows, H] w_hh^T for a few rows, from w_cols = w_hh^T [H, 3H] row-major: each h[i, k] scales a
-// contiguous row of w_cols into gh's row, so the loop vectorizes over the 3H outputs with no horizontal sums (dot
-// products over k were slower than the GEMM at H = 108), and two rows at a time share each load of w_cols.
-void recurrent_gates_of_few_rows(const float* h, int64_t rows, const float* w_cols, int64_t H, float* gh) {
+// gh [kRows, 3H] = h [kRows, H] w_hh^T from w_cols = w_hh^T [H, 3H] row-major: each h[i, k] scales a contiguous
+// row of w_cols into gh's row i, so the loop vectorizes over the 3H outputs with no horizontal sums (dot products
+// over k were slower than the GEMM at H = 108), and the kRows rows share each load of w_cols.
+template <int kRows>
+void scale_rows_of_w_cols(const float* h, const float* w_cols, int64_t H, float* gh) {
   const int64_t H3 = 3 * H;
-  for (int64_t i = 0; i < rows; i += 2) {
-    float* out0 = gh + i * H3;
-    const float* h0 = h + i * H;
-    if (i + 1 == rows) {
-      std::fill_n(out0, H3, 0.f);
-      for (int64_t k = 0; k < H; ++k) {
-        const float s0 = h0[k];
-        const float* w = w_cols + k * H3;
+  std::fill_n(gh, kRows * H3, 0.f);
+  for (int64_t k = 0; k < H; ++k) {
+    const float* w = w_cols + k * H3;
+    float s[kRows];
+    for (int i = 0; i < kRows; ++i) s[i] = h[i * H + k];
 #pragma omp simd
-        for (int64_t o = 0; o < H3; ++o) out0[o] += s0 * w[o];
-      }
-      break;
-    }
-    float* out1 = out0 + H3;
-    const float* h1 = h0 + H;
-    std::fill_n(out0, 2 * H3, 0.f);
-    for (int64_t k = 0; k < H; ++k) {
-      const float s0 = h0[k], s1 = h1[k];
-      const float* w = w_cols + k * H3;
-#pragma omp simd
-      for (int64_t o = 0; o < H3; ++o) {
-        out0[o] += s0 * w[o];
-        out1[o] += s1 * w[o];
-      }
+    for (int64_t o = 0; o < H3; ++o) {
+      const float w_o = w[o];
+      for (int i = 0; i < kRows; ++i) gh[i * H3 + o] += s[i] * w_o;
     }
   }
+}
+
+// gh [rows, 3H] = h [rows, H] w_hh^T for a few rows, two at a time; w_cols = w_hh^T [H, 3H] row-major.
+void recurrent_gates_of_few_rows(const float* h, int64_t rows, const float* w_cols, int64_t H, float* gh) {
+  int64_t i = 0;
+  for (; i + 2 <= rows; i += 2) scale_rows_of_w_cols<2>(h + i * H, w_cols, H, gh + i * 3 * H);
+  if (i < rows) scale_rows_of_w_cols<1>(h + i * H, w_cols, H, gh + i * 3 * H);
 }
 
 // Packed row of (step t, sorted row 0) for every t: offsets[t] = batch_sizes[0] + ... + batch_sizes[t - 1].
