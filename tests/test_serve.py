@@ -265,8 +265,8 @@ def test_missing_paths_are_named_with_where_they_were_looked_for(tmp_path, monke
 
 
 def test_settings_reject_nan_negative_and_unknown_values():
-    for bad in ({"batch_wait_timeout_s": math.nan}, {"batch_wait_timeout_s": -1}, {"max_batch_size": 0},
-                {"torch_threads": -2}, {"max_batch": 8}):
+    for bad in ({"batch_wait_timeout_s": math.nan}, {"batch_wait_timeout_s": -1}, {"batch_quiet_s": -0.001},
+                {"max_batch_size": 0}, {"torch_threads": -2}, {"max_batch": 8}):
         with pytest.raises(ValueError):
             ScorerConfig.model_validate(bad)
     with pytest.raises(ValueError):

@@ -126,9 +126,9 @@ def hop_cost(scorer: DeploymentHandle, model: str | Path, data: str | Path, work
              group_sizes: tuple[int, ...] = (1, BATCH_REQUESTS), calls: int = 40) -> dict[str, dict[str, float]]:
     """Milliseconds of one call to the deployed ``scorer`` carrying ``g`` requests, for each ``g`` of
     ``group_sizes``, on an idle deployment: the round trip and scoring the same jobs in this process (medians of
-    ``calls`` of each, alternating), the Scorer's batch wait (a group smaller than its ``max_batch_size`` waits
-    ``batch_wait_timeout_s`` for others), and what is left, the hop (serialization, routing, the actor call and
-    its reply)."""
+    ``calls`` of each, alternating), the Scorer's batch wait (a lone group smaller than its ``max_batch_size`` waits
+    ``batch_quiet_s`` for others, at most ``batch_wait_timeout_s``), and what is left, the hop (serialization,
+    routing, the actor call and its reply)."""
     serving = scorer.model_info.remote().result()["serving"]
     path = _Path(model, data)
     jobs = [path.job(path.request_model.model_validate_json(b)) for b in workload.bodies[:max(group_sizes)]]
@@ -149,7 +149,8 @@ def hop_cost(scorer: DeploymentHandle, model: str | Path, data: str | Path, work
                 path.score(group)
                 scoring.append(time.perf_counter() - started)
             round_trip_ms, score_ms = (sorted(times)[calls // 2] * 1000 for times in (round_trips, scoring))
-            wait_ms = serving["batch_wait_timeout_s"] * 1000 if size < serving["max_batch_size"] else 0.0
+            wait_s = min(serving["batch_quiet_s"], serving["batch_wait_timeout_s"])
+            wait_ms = wait_s * 1000 if size < serving["max_batch_size"] else 0.0
             hop_ms = round_trip_ms - score_ms - wait_ms
             costs[str(size)] = {"round_trip_ms": round(round_trip_ms, 3), "score_ms": round(score_ms, 3),
                                 "batch_wait_ms": round(wait_ms, 3), "hop_ms": round(hop_ms, 3),

@@ -141,6 +141,10 @@ class ScorerConfig(BaseModel):
     """Most requests scored together in one batch."""
     batch_wait_timeout_s: float = Field(0.005, ge=0, allow_inf_nan=False)
     """Longest wait, in seconds, for a batch to fill after its first request arrived."""
+    batch_quiet_s: float = Field(0.001, ge=0, allow_inf_nan=False)
+    """A batch also starts once this many seconds passed with no request joining it, so that a lone request
+    does not wait out ``batch_wait_timeout_s`` for requests that are not coming (``dien.serve.batching``); as
+    long as ``batch_wait_timeout_s`` or longer: the fixed window of ``@serve.batch``."""
     torch_threads: PositiveInt = 1
     """torch intra-op threads per replica (match the replica's ``num_cpus``)."""
     max_chunk_candidates: PositiveInt = 4096

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dien.artifacts import load_artifact
 from dien.serve.auth import TokenAuth, load_tokens
+from dien.serve.batching import Arrivals
 from dien.serve.config import (IngressConfig, RedisStoreConfig, RoutingConfig, ScorerConfig, ServeArgs,
                                SnapshotStoreConfig, resolve_path)
 from dien.serve.forwarding import RemoteScorer, ScorerUnavailable
@@ -47,6 +48,7 @@ BATCH_SIZE_HEADER = "X-DIEN-Batch-Size"
 """Response header: how many requests were scored in the same batch as this one."""
 HEALTH_TIMEOUT_S = 2.0
 RETRY_AFTER_S = 1
+SCORE_PATH = "/v1/score"
 """``Retry-After`` of a 503 for a store that did not answer."""
 
 
@@ -104,6 +106,23 @@ class DeclaredBodyLimit:
         await self.app(scope, receive, send)
 
 
+class CountArrivals:
+    """Counts each scoring request in ``arrivals`` from when it reaches the app until it joins a batch, so that
+    a batch in this process does not start on its quiet gap while requests are still being read and parsed."""
+
+    def __init__(self, app: ASGIApp, arrivals: Arrivals) -> None:
+        self.app = app
+        self.arrivals = arrivals
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # endswith: under a route prefix the path keeps it.
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(SCORE_PATH):
+            with self.arrivals.arriving():
+                await self.app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 @serve.deployment(
     name=INGRESS,
     # The ingress only awaits the scorer: let it hold enough requests to fill the scorers' batches.
@@ -122,12 +141,15 @@ class Ingress:
         (``scoring: in_ingress``)."""
         args = ServeArgs.model_validate(args)
         if scorers is None:
-            self.in_process = {label: BatchScorer(path, args.device, load_artifact, args.category_conflict, label)
+            self.arrivals: Arrivals | None = Arrivals()
+            self.in_process = {label: BatchScorer(path, args.device, load_artifact, args.category_conflict, label,
+                                                  self.arrivals)
                                for label, path in args.versions().items()}
             for scorer in self.in_process.values():
                 scorer.reconfigure(ScorerConfig().model_dump())  # until a user_config arrives
             self.scorers = {label: InProcessScorer(scorer) for label, scorer in self.in_process.items()}
         else:
+            self.arrivals = None
             self.in_process = None
             self.scorers = {label: RemoteScorer(handle) for label, handle in scorers.items()}
         self.router = Router(RoutingConfig(), list(self.scorers))
@@ -323,6 +345,8 @@ def build_api(ingress: Ingress) -> FastAPI:
     api = FastAPI(title="DIEN click-through-rate scoring",
                   description="Scores candidate items for a user with a DIEN model (Ray Serve).")
     api.add_middleware(DeclaredBodyLimit, max_bytes=limits.max_body_bytes, reject=ingress.rejected)
+    if ingress.arrivals is not None:
+        api.add_middleware(CountArrivals, arrivals=ingress.arrivals)
     if ingress.tokens is not None:
         # Added last, so it runs first: an unauthenticated request gets nothing else of the API's.
         api.add_middleware(TokenAuth, tokens=ingress.tokens, open_paths=ingress.auth.open_paths,
@@ -352,7 +376,7 @@ def build_api(ingress: Ingress) -> FastAPI:
 
     unavailable = {503: {"model": ErrorResponse, "description": "The user-history store did not answer; retry"}}
 
-    @api.post("/v1/score", response_model=ScoreResponse, responses={**errors, **unavailable},
+    @api.post(SCORE_PATH, response_model=ScoreResponse, responses={**errors, **unavailable},
               max_body_size=limits.max_body_bytes, summary="Click probabilities of the candidates for one user")
     async def score(body: ScoreRequest, response: Response) -> ScoreResponse:
         return await ingress.score(body, response)

@@ -1,4 +1,4 @@
-"""The scorer: loads one model artifact and scores batches of requests with ``@serve.batch``.
+"""The scorer: loads one model artifact and scores batches of requests (:class:`dien.serve.batching.BatchQueue`).
 
 :class:`BatchScorer` is the plain class; :data:`Scorer` is it as a deployment of its own (``scoring: separate``,
 the default: the scorer tier scales, and may hold a GPU, apart from the HTTP tier). With ``scoring: in_ingress``
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ray
 import torch
@@ -18,6 +18,7 @@ from ray.serve import metrics
 
 from dien.allocator import retain_freed_memory
 from dien.artifacts import ModelArtifact, load_artifact
+from dien.serve.batching import Arrivals, BatchQueue, BatchWindow
 from dien.serve.config import DEFAULT_VERSION, ScorerConfig, resolve_path
 from dien.serve.scoring import BatchScores, HistoryEncodingCache, ModelVocabulary, ScoreJob, ScoreResult, score_jobs
 
@@ -47,6 +48,10 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cuda" if has_gpu else "cpu")
 
 
+def batch_window(config: ScorerConfig) -> BatchWindow:
+    return BatchWindow(config.max_batch_size, config.batch_wait_timeout_s, config.batch_quiet_s)
+
+
 def exponential_bounds(start: float, stop: float) -> list[float]:
     bounds = [start]
     while bounds[-1] * 2 <= stop:
@@ -59,11 +64,14 @@ class BatchScorer:
     its checksums, warms the model up, then scores batches of :class:`ScoreJob`.
 
     category_conflict: what a sent category that contradicts the model's item table gets
-    (:data:`dien.serve.scoring.CATEGORY_CONFLICTS`); label: the version label this artifact is served as.
+    (:data:`dien.serve.scoring.CATEGORY_CONFLICTS`); label: the version label this artifact is served as;
+    arrivals: the requests on their way to this scorer in its process, counted by the HTTP side
+    (``scoring: in_ingress``), for which a batch holds back its quiet-gap start.
     """
 
     def __init__(self, model: str, device: str = "auto", loader: Callable[..., ModelArtifact] = load_artifact,
-                 category_conflict: str = "ignore", label: str = DEFAULT_VERSION) -> None:
+                 category_conflict: str = "ignore", label: str = DEFAULT_VERSION,
+                 arrivals: Arrivals | None = None) -> None:
         # Each batch allocates tens of MB; glibc would unmap them on free and fault them in again next batch.
         retain_freed_memory()
         self.device = pick_device(device)
@@ -75,23 +83,24 @@ class BatchScorer:
                           "label": label}
         self.config = _DEFAULTS
         self.cache: HistoryEncodingCache | None = None
-        # Per instance: serve.batch keeps one queue per decorated function, which a decorated method would share
-        # between instances, and with scoring: in_ingress a replica holds one BatchScorer per version.
-        self._score_batch = serve.batch(max_batch_size=_DEFAULTS.max_batch_size,
-                                        batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s,
-                                        batch_size_fn=self._requests_in)(self._score_calls)
+        # Per instance: with scoring: in_ingress a replica holds one BatchScorer per version, each batching alone.
+        self._batches = BatchQueue(self._score_calls, batch_window(_DEFAULTS), arrivals, self._observe_wait)
         self._batch_requests = metrics.Histogram(
             "dien_scorer_batch_requests", description="Requests per scored batch.",
             boundaries=exponential_bounds(1, 1024), tag_keys=TAGS)
         self._batch_candidates = metrics.Histogram(
             "dien_scorer_batch_candidates", description="Candidates per scored batch.",
             boundaries=exponential_bounds(1, 1 << 20), tag_keys=TAGS)
+        self._batch_wait = metrics.Histogram(
+            "dien_scorer_batch_wait_ms", description="Wait of a batch's oldest request for the batch to start, in ms.",
+            boundaries=exponential_bounds(0.0625, 20_000), tag_keys=TAGS)
         self._batch_latency = metrics.Histogram(
             "dien_scorer_batch_latency_ms", description="Time to score one batch (encode, model, split), in ms.",
             boundaries=exponential_bounds(0.5, 20_000), tag_keys=TAGS)
         self._candidates_scored = metrics.Counter(
             "dien_scorer_candidates_scored", description="Candidates scored.", tag_keys=TAGS)
-        for metric in (self._batch_requests, self._batch_candidates, self._batch_latency, self._candidates_scored):
+        for metric in (self._batch_requests, self._batch_candidates, self._batch_wait, self._batch_latency,
+                       self._candidates_scored):
             # Serve adds its own tags (deployment, replica) to the dict.
             metric.set_default_tags({"model_version": self.model_ref["version"], "model_label": label})
         # The first call allocates and (on GPU) compiles kernels: pay for it before the replica is ready.
@@ -104,8 +113,7 @@ class BatchScorer:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a ``user_config`` (:class:`ScorerConfig`) to the running replica."""
         config = ScorerConfig.model_validate(user_config)
-        self._score_batch.set_max_batch_size(config.max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._batches.window = batch_window(config)
         torch.set_num_threads(config.torch_threads)
         cache_bytes = int(config.history_cache_mb * 2**20)
         if cache_bytes == 0:
@@ -125,19 +133,17 @@ class BatchScorer:
         """Scores ``jobs`` (one request, or an ingress's group of them) in batches of at most ``max_batch_size``
         requests, merged with the jobs of concurrent calls."""
         size = self.config.max_batch_size
-        groups = await asyncio.gather(*(self._score_batch(jobs[start:start + size])
+        if len(jobs) <= size:
+            return await self._batches.submit(jobs)
+        groups = await asyncio.gather(*(self._batches.submit(jobs[start:start + size])
                                         for start in range(0, len(jobs), size)))
         return [result for group in groups for result in group]
 
-    def _requests_in(self, calls: list[list[ScoreJob]]) -> int:
-        """A batch's size in requests. A lone call counts at most a full batch, so that a group split before
-        reconfigure lowered ``max_batch_size`` is scored rather than refused by Serve as too large."""
-        requests = sum(map(len, calls))
-        return min(requests, self.config.max_batch_size) if len(calls) == 1 else requests
+    def _observe_wait(self, waited_s: float) -> None:
+        self._batch_wait.observe(waited_s * 1000)
 
-    async def _score_calls(self, calls: list[list[ScoreJob]]) -> list[list[ScoreResult]]:
-        """Batched by ``_score_batch``, which is called with a list of jobs and collects concurrent calls into
-        ``calls``."""
+    async def _score_calls(self, calls: list[Sequence[ScoreJob]]) -> list[list[ScoreResult]]:
+        """One batch of :attr:`_batches`: the jobs of concurrent calls to :meth:`score`, a list per call."""
         jobs = [job for call in calls for job in call]
         started = time.perf_counter()
         if self.config.score_in_thread:
