@@ -126,7 +126,7 @@ def test_a_failed_batch_fails_each_of_its_calls_a_cancelled_call_is_not_scored_a
     assert outcomes["y"] == ["Y"]
 
 
-def test_a_changed_window_applies_to_the_next_batch_and_a_new_event_loop_gets_its_own_runner():
+def test_a_changed_window_applies_to_the_next_batch_and_a_new_event_loop_gets_a_runner_of_its_own():
     recorder = Recorder()
     queue = BatchQueue(recorder, BatchWindow(max_requests=1, wait_s=5.0, quiet_s=5.0))
 
@@ -137,6 +137,22 @@ def test_a_changed_window_applies_to_the_next_batch_and_a_new_event_loop_gets_it
     queue.window = BatchWindow(max_requests=2, wait_s=5.0, quiet_s=0.05)
     assert asyncio.run(pair()) == [["A"], ["B"]]
     assert recorder.batches == [[["a"]], [["b"]], [["a"], ["b"]]]
+
+
+def test_a_window_set_from_another_thread_applies_to_the_batch_already_waiting():
+    recorder = Recorder()
+    queue = BatchQueue(recorder, BatchWindow(max_requests=16, wait_s=5.0, quiet_s=5.0))
+
+    async def run() -> list[str]:
+        waiting = asyncio.create_task(queue.submit(["a"]))
+        await asyncio.sleep(0.05)
+        # as Serve may run reconfigure: in a worker thread
+        await asyncio.to_thread(setattr, queue, "window", BatchWindow(max_requests=16, wait_s=5.0, quiet_s=0.01))
+        return await waiting
+
+    started = time.perf_counter()
+    assert asyncio.run(run()) == ["A"]
+    assert recorder.started[0] - started < 1.0
 
 
 @pytest.mark.parametrize("fields", [(0, 1.0, 0.1), (4, -1.0, 0.1), (4, 1.0, -0.1)])

@@ -43,12 +43,12 @@ class Arrival:
 
     def __init__(self, arrivals: Arrivals) -> None:
         self.arrivals = arrivals
-        self.on_the_way = True
+        self.counted = True
 
     def reached(self) -> None:
         """The request joined a queue, or went without one (a 4xx): no batch waits for it any more."""
-        if self.on_the_way:
-            self.on_the_way = False
+        if self.counted:
+            self.counted = False
             self.arrivals.on_the_way -= 1
             for queue in self.arrivals.queues:
                 queue.wake()
@@ -68,14 +68,15 @@ class Arrivals:
 
     @contextlib.contextmanager
     def arriving(self) -> Iterator[Arrival]:
+        """Counts the request handled inside the block until it joins a queue or the block ends."""
         arrival = Arrival(self)
         self.on_the_way += 1
         token = _current_arrival.set(arrival)
         try:
             yield arrival
         finally:
+            arrival.reached()  # first: a count left behind would hold every batch to its full window
             _current_arrival.reset(token)
-            arrival.reached()
 
 
 @dataclass
@@ -100,7 +101,7 @@ class BatchQueue(Generic[Job, Result]):
                  window: BatchWindow, arrivals: Arrivals | None = None,
                  observe_wait: Callable[[float], None] | None = None) -> None:
         self.score_batch = score_batch
-        self.window = window
+        self._window = window
         self.arrivals = arrivals
         self.observe_wait = observe_wait
         if arrivals is not None:
@@ -108,6 +109,20 @@ class BatchQueue(Generic[Job, Result]):
         self._calls: deque[_Call[Job, Result]] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._runner: asyncio.Task | None = None
+
+    @property
+    def window(self) -> BatchWindow:
+        return self._window
+
+    @window.setter
+    def window(self, window: BatchWindow) -> None:
+        """A new window applies to the batch waiting now too. Thread-safe: Serve may run ``reconfigure`` in a
+        worker thread."""
+        self._window = window
+        if self._runner is not None and not self._runner.done():
+            loop = self._runner.get_loop()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self.wake)
 
     async def submit(self, jobs: Sequence[Job]) -> list[Result]:
         """The results of ``jobs``, scored in the next batch that has room for them."""
@@ -117,7 +132,7 @@ class BatchQueue(Generic[Job, Result]):
         arrival = _current_arrival.get()
         if arrival is not None:
             arrival.reached()
-        if self._runner is None or self._runner.done() or self._runner.get_loop() is not loop:
+        if self._runner is None or self._runner.done():
             # A fresh context: the batches are nobody's request (Serve's log lines would name the first caller's).
             self._runner = loop.create_task(self._run(), context=contextvars.Context())
         self.wake()
@@ -146,10 +161,12 @@ class BatchQueue(Generic[Job, Result]):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            while self._calls and self._calls[0].done.done():
+                self._calls.popleft()  # its caller went away: it neither fills a batch nor starts one
             if not self._calls:
                 await self._sleep(None)
                 continue
-            window = self.window
+            window = self._window
             window_ends = self._calls[0].joined + window.wait_s
             quiet_ends = self._calls[-1].joined + window.quiet_s
             now = loop.time()
@@ -160,8 +177,6 @@ class BatchQueue(Generic[Job, Result]):
                 if self.arrivals is not None and self.arrivals.on_the_way > 0:
                     await self._sleep(window_ends)
                     continue
-            if self.observe_wait is not None:
-                self.observe_wait(loop.time() - self._calls[0].joined)
             await self._score(self._take(window.max_requests))
 
     def _take(self, max_requests: int) -> list[_Call[Job, Result]]:
@@ -175,8 +190,8 @@ class BatchQueue(Generic[Job, Result]):
         return taken
 
     async def _score(self, calls: list[_Call[Job, Result]]) -> None:
-        if not calls:
-            return
+        if self.observe_wait is not None:
+            self.observe_wait(asyncio.get_running_loop().time() - calls[0].joined)
         try:
             answers = list(zip(calls, await self.score_batch([call.jobs for call in calls]), strict=True))
         except Exception as error:  # noqa: BLE001 -- handed to every call of the batch, raised in each

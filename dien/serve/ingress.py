@@ -48,8 +48,8 @@ BATCH_SIZE_HEADER = "X-DIEN-Batch-Size"
 """Response header: how many requests were scored in the same batch as this one."""
 HEALTH_TIMEOUT_S = 2.0
 RETRY_AFTER_S = 1
-SCORE_PATH = "/v1/score"
 """``Retry-After`` of a 503 for a store that did not answer."""
+SCORE_PATH = "/v1/score"
 
 
 def open_history_store(config: str | SnapshotStoreConfig | RedisStoreConfig | None) -> HistoryStore | None:

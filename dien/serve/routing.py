@@ -2,7 +2,7 @@
 
 One Scorer deployment per version rather than Serve's model multiplexing: multiplexing loads models on
 demand into a shared pool (made for many models and few requests each); a rollout has two or three versions
-that each need warm replicas, a batch queue of their own (``@serve.batch`` batches one model), their own
+that each need warm replicas, a batch queue of their own (a batch holds one model's requests), their own
 replica count and resources (a shadow may run on fewer), and their own health. The Ingress holds a handle per
 version and this :class:`Router`, rebuilt from ``user_config`` without a restart.
 """

@@ -49,6 +49,7 @@ def pick_device(requested: str) -> torch.device:
 
 
 def batch_window(config: ScorerConfig) -> BatchWindow:
+    """When the scorer's batches start, from its ``user_config``."""
     return BatchWindow(config.max_batch_size, config.batch_wait_timeout_s, config.batch_quiet_s)
 
 
